@@ -1,0 +1,70 @@
+"""Same-dialect fast path: the client's body goes upstream with only ``model`` rewritten.
+
+Unknown fields survive; a ``model`` inside ``tools[]`` or metadata is never touched.
+Streams ask OpenAI-dialect upstreams for usage (``stream_options.include_usage``) so
+usage can be recorded; the usage chunk is then hidden from a client that did not ask.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fproxy.config import ProviderConfig
+from fproxy.ir.response import Usage
+
+
+def prepare(dialect: str, body: dict[str, Any], model: str, provider: ProviderConfig) -> dict[str, Any]:
+    out = dict(body)
+    out["model"] = model
+    if dialect == "openai-chat" and out.get("stream"):
+        so = out.get("stream_options")
+        out["stream_options"] = {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
+    if provider.system_prefix:
+        _prefix_system(dialect, out, "\n".join(provider.system_prefix))
+    if dialect == "openai-chat" and provider.max_tokens_field == "max_completion_tokens" \
+            and "max_tokens" in out and "max_completion_tokens" not in out:
+        out["max_completion_tokens"] = out.pop("max_tokens")
+    return strip(out, provider, dialect)
+
+
+def _prefix_system(dialect: str, body: dict[str, Any], prefix: str) -> None:
+    if dialect == "openai-chat":
+        body["messages"] = [{"role": "system", "content": prefix}] + list(body.get("messages") or [])
+    elif dialect == "anthropic":
+        system = body.get("system")
+        if isinstance(system, list):
+            body["system"] = [{"type": "text", "text": prefix}] + system
+        elif isinstance(system, str) and system:
+            body["system"] = prefix + "\n" + system
+        else:
+            body["system"] = prefix
+    elif dialect == "openai-responses":
+        ins = body.get("instructions")
+        body["instructions"] = prefix + ("\n" + ins if isinstance(ins, str) and ins else "")
+
+
+#: what ``strip_params = "auto"`` removes per upstream dialect (fields such upstreams refuse)
+AUTO_STRIP: dict[str, tuple[str, ...]] = {
+    "openai-chat": (),
+    "anthropic": (),
+    "openai-responses": ("temperature", "top_p"),
+}
+
+
+def strip(body: dict[str, Any], provider: ProviderConfig, dialect: str) -> dict[str, Any]:
+    names = AUTO_STRIP.get(dialect, ()) if provider.strip_params == "auto" else provider.strip_params
+    for name in names:
+        body.pop(name, None)
+    return body
+
+
+def usage_of(dialect: str, obj: dict[str, Any]) -> Usage | None:
+    u = obj.get("usage")
+    if not isinstance(u, dict):
+        return None
+    if dialect == "openai-chat":
+        from fproxy.codecs.openai_chat import usage_from_json
+
+        return usage_from_json(u)
+    from fproxy.streaming.transcode import anthropic_usage, responses_usage
+
+    return anthropic_usage(u) if dialect == "anthropic" else responses_usage(u)

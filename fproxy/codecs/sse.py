@@ -1,0 +1,124 @@
+"""Incremental Server-Sent Events decoder and encoder (WHATWG grammar).
+
+The decoder keeps each event's raw bytes so that the passthrough path can relay an event
+exactly as the upstream wrote it, while still reading its fields.
+"""
+from __future__ import annotations
+
+from attrs import frozen
+
+#: cap on one event, so a peer that never sends a blank line cannot grow memory forever
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
+@frozen
+class SSEEvent:
+    event: str | None
+    data: str
+    raw: bytes = b""
+    id: str | None = None
+
+
+class SSETooLarge(ValueError):
+    pass
+
+
+class SSEDecoder:
+    """Feed bytes, get complete events.  Any split of the same bytes gives the same events.
+
+    Handles LF, CRLF and lone CR line ends (a CR at a chunk's end waits for the next byte),
+    comments, multi-line ``data``, a leading BOM, and ``id``/``retry`` fields.
+    """
+
+    __slots__ = ("_buf", "_raw", "_data", "_event", "_id", "_last_id", "_started", "_pending_cr", "_size")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._raw: list[bytes] = []
+        self._data: list[str] = []
+        self._event: str | None = None
+        self._id: str | None = None
+        self._last_id: str | None = None
+        self._started = False
+        self._pending_cr = False
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not chunk:
+            return []
+        if self._pending_cr:
+            self._pending_cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+                if self._raw:
+                    self._raw[-1] += b"\n"
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._started:
+            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
+                self._buf = buf
+                return []
+            self._started = True
+            if buf.startswith(b"\xef\xbb\xbf"):
+                buf = buf[3:]
+        out: list[SSEEvent] = []
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            lf = buf.find(b"\n", pos)
+            cr = buf.find(b"\r", pos, lf if lf >= 0 else n)
+            if cr >= 0:
+                end = cr
+                if cr + 1 < n:
+                    nxt = cr + 2 if buf[cr + 1 : cr + 2] == b"\n" else cr + 1
+                else:
+                    # CR at the end of the buffer: the line is complete; a following LF belongs to it
+                    nxt = n
+                    self._pending_cr = True
+            elif lf >= 0:
+                end, nxt = lf, lf + 1
+            else:
+                break
+            self._line(buf[pos:end], buf[pos:nxt], out)
+            pos = nxt
+        self._buf = buf[pos:]
+        self._size = len(self._buf) + sum(map(len, self._raw))
+        if self._size > MAX_EVENT_BYTES:
+            raise SSETooLarge(f"an SSE event exceeded {MAX_EVENT_BYTES} bytes")
+        return out
+
+    def _line(self, line: bytes, raw: bytes, out: list[SSEEvent]) -> None:
+        if not line:
+            raw_event = b"".join(self._raw) + raw
+            self._raw = []
+            if self._data:
+                self._last_id = self._id if self._id is not None else self._last_id
+                out.append(SSEEvent(self._event, "\n".join(self._data), raw_event, self._last_id))
+            self._data = []
+            self._event = None
+            return
+        self._raw.append(raw)
+        if line[:1] == b":":
+            return
+        text = line.decode("utf-8", "replace")
+        name, sep, value = text.partition(":")
+        if sep and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\x00" not in value:
+                self._id = value
+
+
+def encode_event(data: bytes | str, event: str | None = None) -> bytes:
+    """One SSE event; ``data`` must not contain newlines (compact JSON never does)."""
+    if isinstance(data, str):
+        data = data.encode()
+    if event is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+KEEPALIVE_COMMENT = b": keep-alive\n\n"

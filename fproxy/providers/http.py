@@ -1,0 +1,102 @@
+"""Upstream HTTP plumbing: one pooled treq client per provider, bounded body reads."""
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    PotentialDataLoss,
+    ResponseDone,
+)
+from twisted.web.iweb import IResponse
+
+from fproxy.ir.errors import GatewayError
+
+
+@define
+class UpstreamClient:
+    http: HTTPClient
+    pool: HTTPConnectionPool
+
+    def close(self) -> Deferred[None]:
+        return self.pool.closeCachedConnections()
+
+
+def make_client(reactor: Any, connect_timeout: float, max_connections: int = 64,
+                ca_file: str | None = None) -> UpstreamClient:
+    """A persistent pool (connections reused across requests) and a treq client over it."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_connections
+    pool.cachedConnectionTimeout = 110
+    policy = BrowserLikePolicyForHTTPS()
+    if ca_file:
+        from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+
+        with open(ca_file, "rb") as f:  # once, at start: not on a request path
+            root = trustRootFromCertificates([Certificate.loadPEM(f.read())])
+
+        class _Policy(BrowserLikePolicyForHTTPS):
+            def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+                return optionsForClientTLS(hostname.decode("ascii"), trustRoot=root)
+
+        policy = _Policy()
+    agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=pool)
+    return UpstreamClient(HTTPClient(agent), pool)
+
+
+class _Collector(Protocol):
+    def __init__(self, limit: int, done: Deferred[bytes]) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+        self._done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done.called:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self.transport.stopProducing()
+            self._done.errback(GatewayError(502, f"the upstream answer exceeded {self._limit} bytes"))
+            return
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._done.called:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(b"".join(self._parts))
+        else:
+            self._done.errback(GatewayError(502, "the upstream connection dropped while sending its answer",
+                                            retryable=True))
+
+
+def read_body(response: IResponse, limit: int, clock: IReactorTime, timeout: float) -> Deferred[bytes]:
+    """The whole body, at most ``limit`` bytes, within ``timeout``; cancelling closes the connection."""
+    holder: list[_Collector] = []
+
+    def cancel(d: Deferred[bytes]) -> None:
+        if holder and holder[0].transport is not None:
+            holder[0].transport.stopProducing()
+
+    d: Deferred[bytes] = Deferred(cancel)
+    c = _Collector(limit, d)
+    holder.append(c)
+    response.deliverBody(c)
+
+    def on_timeout(f: Failure) -> Failure:
+        if f.check(TimeoutError):
+            raise GatewayError(504, f"the upstream answer took longer than {timeout:g}s", code="upstream_timeout")
+        return f
+
+    d.addTimeout(timeout, clock)
+    d.addErrback(on_timeout)
+    return d

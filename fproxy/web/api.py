@@ -1,0 +1,199 @@
+"""The public HTTP surface (Klein).  Thin: parse, authenticate, hand over to the Gateway."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from fproxy import __version__
+from fproxy.codecs.registry import inbound_codec
+from fproxy.gateway import Call, Gateway, set_overhead
+from fproxy.ir.errors import GatewayError
+from fproxy.web import multipart
+from fproxy.web.auth import Authenticator
+from fproxy.web.request import error_dialect
+
+log = Logger()
+
+
+class PublicAPI:
+    app = Klein()
+
+    def __init__(self, gateway: Gateway, auth: Authenticator, clock: Any, info: dict[str, Any]) -> None:
+        self.gateway = gateway
+        self.auth = auth
+        self.clock = clock
+        self.info = info
+        self.started = clock.seconds()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # ------------------------------------------------------------ helpers
+    def _parse_body(self, request: IRequest) -> dict[str, Any]:
+        raw = request.content.read() if request.content is not None else b""
+        ctype = request.getHeader("content-type") or ""
+        if ctype.lower().startswith("multipart/form-data"):
+            return multipart.parse(raw, ctype)
+        if not raw.strip():
+            raise GatewayError(400, "The request body is empty; expected a JSON object.", code="invalid_json")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise GatewayError(400, f"The request body is not valid JSON: {e}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
+        return body
+
+    async def _chat(self, request: IRequest, dialect: str) -> bytes | None:
+        principal = self.auth.authenticate(request)
+        body = self._parse_body(request)
+        call = Call(request_id=request.request_id, dialect=dialect, principal=principal, body=body,
+                    started=request.started, client_headers=request.requestHeaders)
+        request.call = call
+        try:
+            out = await self.gateway.chat(request, call)
+        except GatewayError as e:
+            call.status, call.outcome, call.error = e.status, "error", e.message
+            raise
+        finally:
+            self.gateway.finished(call)
+        if out is not None:
+            set_overhead(request, call, self.clock.seconds())
+        return out
+
+    # ------------------------------------------------------------ chat-like routes
+    @app.route("/v1/chat/completions", methods=["POST"])
+    async def chat_completions(self, request: IRequest) -> bytes | None:
+        return await self._chat(request, "openai-chat")
+
+    @app.route("/v1/messages", methods=["POST"])
+    async def messages(self, request: IRequest) -> bytes | None:
+        return await self._chat(request, "anthropic")
+
+    @app.route("/v1/responses", methods=["POST"])
+    async def responses(self, request: IRequest) -> bytes | None:
+        return await self._chat(request, "openai-responses")
+
+    @app.route("/v1/messages/count_tokens", methods=["POST"])
+    async def count_tokens(self, request: IRequest) -> bytes:
+        self.auth.authenticate(request)
+        body = self._parse_body(request)
+        out = await self.gateway.count_tokens(request, body)
+        request.setHeader(b"content-type", b"application/json")
+        return out
+
+    @app.route("/v1/embeddings", methods=["POST"])
+    async def embeddings(self, request: IRequest) -> bytes:
+        principal = self.auth.authenticate(request)
+        body = self._parse_body(request)
+        call = Call(request_id=request.request_id, dialect="openai-chat", principal=principal, body=body,
+                    started=request.started, client_headers=request.requestHeaders)
+        request.call = call
+        out = await self.gateway.embeddings(request, call)
+        set_overhead(request, call, self.clock.seconds())
+        return out
+
+    # ------------------------------------------------------------ models
+    def _model_ids(self) -> list[str]:
+        return self.gateway.router.model_names()
+
+    @app.route("/v1/models", methods=["GET"])
+    def models(self, request: IRequest) -> bytes:
+        self.auth.authenticate(request)
+        request.setHeader(b"content-type", b"application/json")
+        ids = self._model_ids()
+        if request.getHeader(b"anthropic-version"):
+            data = [_anthropic_model(i) for i in ids]
+            return orjson.dumps({"data": data, "has_more": False, "first_id": ids[0] if ids else None,
+                                 "last_id": ids[-1] if ids else None})
+        return orjson.dumps({"object": "list", "data": [_openai_model(i) for i in ids]})
+
+    @app.route("/v1/models/<path:model_id>", methods=["GET"])
+    def model(self, request: IRequest, model_id: str) -> bytes:
+        self.auth.authenticate(request)
+        self.gateway.router.resolve(model_id)  # 404 when nothing serves it
+        request.setHeader(b"content-type", b"application/json")
+        if request.getHeader(b"anthropic-version"):
+            return orjson.dumps(_anthropic_model(model_id))
+        return orjson.dumps(_openai_model(model_id))
+
+    # ------------------------------------------------------------ ops
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        providers = {}
+        degraded = False
+        for name, p in self.gateway.providers.items():
+            snap = p.pool.snapshot()
+            ok = not p.needs_key or snap["healthy"] > 0 or snap["cooling"] > 0
+            providers[name] = {"ok": ok, "keys": snap}
+            degraded = degraded or not ok
+        request.setHeader(b"content-type", b"application/json")
+        return orjson.dumps({"status": "degraded" if degraded else "ok", "providers": providers})
+
+    @app.route("/api/info", methods=["GET"])
+    def api_info(self, request: IRequest) -> bytes:
+        self.auth.authenticate(request)
+        request.setHeader(b"content-type", b"application/json")
+        cfg = self.gateway.config
+        return orjson.dumps({
+            "name": "fproxy", "version": __version__, "uptime_s": round(self.clock.seconds() - self.started, 1),
+            **self.info,
+            "providers": [{"name": p.name, "dialect": p.dialect, "preset": p.preset, "base_url": p.base_url,
+                           "models": list(p.models), "keys": self.gateway.providers[p.name].pool.snapshot()}
+                          for p in cfg.providers],
+            "routes": [{"model": r.model, "to": [f"{t.provider}:{t.model}" for t in r.to]} for r in cfg.routes],
+            "models": self._model_ids(),
+        })
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def root(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return orjson.dumps({"name": "fproxy", "version": __version__})
+
+    # ------------------------------------------------------------ errors
+    @app.handle_errors(GatewayError)
+    def gateway_error(self, request: IRequest, failure: Any) -> bytes:
+        err: GatewayError = failure.value
+        return self._error(request, err)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Any) -> bytes:
+        return self._error(request, GatewayError(404, f"No route {request.path.decode('utf-8', 'replace')}",
+                                                 code="not_found"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request: IRequest, failure: Any) -> bytes:
+        return self._error(request, GatewayError(405, f"Method {request.method.decode()} is not allowed here",
+                                                 code="method_not_allowed"))
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: IRequest, failure: Any) -> bytes:
+        log.failure("unexpected error serving {path}", failure, path=request.path, request_id=request.request_id)
+        return self._error(request, GatewayError(500, "Internal error in the gateway; see its log for "
+                                                 f"request {request.request_id}.", code="internal_error"))
+
+    def _error(self, request: IRequest, err: GatewayError) -> bytes:
+        request.setResponseCode(err.status)
+        request.setHeader(b"content-type", b"application/json")
+        if err.retry_after is not None and err.status in (429, 503):
+            request.setHeader(b"retry-after", str(max(1, int(err.retry_after + 0.999))).encode())
+        call = getattr(request, "call", None)
+        if call is not None:
+            set_overhead(request, call, self.clock.seconds())
+        else:
+            request.setHeader(b"x-fproxy-overhead-ms",
+                              f"{(self.clock.seconds() - request.started) * 1000:.2f}".encode())
+        return orjson.dumps(inbound_codec(error_dialect(request.path)).error_body(err))
+
+
+def _openai_model(i: str) -> dict[str, Any]:
+    return {"id": i, "object": "model", "created": 0, "owned_by": "fproxy"}
+
+
+def _anthropic_model(i: str) -> dict[str, Any]:
+    return {"type": "model", "id": i, "display_name": i, "created_at": "1970-01-01T00:00:00Z"}

@@ -1,0 +1,136 @@
+"""`LimitedRequest`: body cap, request id, CORS and the per-request log line, before any route runs."""
+from __future__ import annotations
+
+import binascii
+import os
+from typing import Any
+
+import orjson
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
+
+log = Logger(namespace="fproxy.access")
+
+
+def error_dialect(path: bytes) -> str:
+    return "anthropic" if path.startswith(b"/v1/messages") else "openai-chat"
+
+
+def error_bytes(path: bytes, status: int, message: str, code: str | None = None) -> bytes:
+    from fproxy.codecs.registry import inbound_codec
+    from fproxy.ir.errors import GatewayError
+
+    return orjson.dumps(inbound_codec(error_dialect(path)).error_body(GatewayError(status, message, code=code)))
+
+
+class LimitedRequest(Request):
+    """A request that refuses bodies over ``site.max_request_bytes`` without buffering them."""
+
+    started: float = 0.0
+    request_id: str = ""
+    call: Any = None
+    too_large = False
+    _site: Any = None
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self.channel.site.max_request_bytes  # type: ignore[union-attr]
+        if length is not None and length > limit:
+            self.too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_request_bytes:  # type: ignore[union-attr]
+            self.too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.too_large:
+            # skip twisted.web's own parsing of a body we dropped (multipart would fail on it)
+            self.setHeader(b"content-type", b"application/json")
+            self.method, self.uri, self.clientproto = command, path, version
+            self.path = path.split(b"?", 1)[0]
+            self.args = {}
+            self.prepath, self.postpath = [], []
+            self.process()
+            return
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        site: FproxySite = self.channel.site  # type: ignore[union-attr, assignment]
+        self._site = site
+        self.started = site.clock.seconds()
+        self.request_id = "req_" + binascii.hexlify(os.urandom(12)).decode()
+        self.setHeader(b"x-request-id", self.request_id.encode())
+        active = site.active
+        if active is not None:
+            active.add(self)
+        self.notifyFinish().addBoth(self._log_done).addErrback(
+            lambda f: log.failure("request bookkeeping failed", f))
+        if site.cors_origins:
+            origin = self.getHeader(b"origin")
+            if origin is not None and (b"*" in site.cors_origins or origin in site.cors_origins):
+                self.setHeader(b"access-control-allow-origin", b"*" if b"*" in site.cors_origins else origin)
+                self.setHeader(b"vary", b"Origin")
+                self.setHeader(b"access-control-expose-headers", b"x-request-id, x-fproxy-overhead-ms")
+                if self.method == b"OPTIONS":
+                    self.setResponseCode(204)
+                    self.setHeader(b"access-control-allow-methods", b"GET, POST, PATCH, DELETE, OPTIONS")
+                    asked = self.getHeader(b"access-control-request-headers")
+                    self.setHeader(b"access-control-allow-headers",
+                                   asked if asked else b"authorization, content-type, x-api-key")
+                    self.setHeader(b"access-control-max-age", b"600")
+                    self.setHeader(b"x-fproxy-overhead-ms", b"0.00")
+                    self.finish()
+                    return
+        if self.too_large:
+            self.setResponseCode(413)
+            self.setHeader(b"content-type", b"application/json")
+            self.setHeader(b"x-fproxy-overhead-ms", b"0.00")
+            self.write(error_bytes(self.path, 413, f"The request body exceeds the limit of {site.max_request_bytes} "
+                                               "bytes.", "request_too_large"))
+            self.finish()
+            return
+        super().process()
+
+    def _log_done(self, result: object) -> None:
+        site: FproxySite | None = self._site
+        elapsed = ((site.clock.seconds() if site else self.started) - self.started) * 1000.0
+        call = self.call
+        log.info(
+            "{method} {path} {status} {ms:.1f}ms model={model} provider={provider} outcome={outcome}",
+            method=self.method.decode("ascii", "replace") if self.method else "-",
+            path=self.path.decode("utf-8", "replace") if self.path else "-",
+            status=self.code, ms=elapsed, request_id=self.request_id,
+            model=getattr(call, "model", None), provider=getattr(call, "provider", None),
+            outcome=getattr(call, "outcome", None), key=getattr(getattr(call, "principal", None), "id", None),
+            attempts=",".join(getattr(call, "attempts", []) or []) or None,
+        )
+        if site is not None:
+            if site.active is not None:
+                site.active.remove(self)
+            if site.on_request_done is not None:
+                site.on_request_done(self)
+
+
+class FproxySite(Site):
+    requestFactory = LimitedRequest
+    on_request_done: Any = None
+    active: Any = None
+
+    def __init__(self, resource: Any, clock: Any, max_request_bytes: int, cors_origins: tuple[str, ...]) -> None:
+        super().__init__(resource)
+        self.clock = clock
+        self.max_request_bytes = max_request_bytes
+        self.cors_origins = tuple(o.encode() for o in cors_origins)
+        self.noisy = False
+
+    def log(self, request: Any) -> None:
+        """Access lines are written by LimitedRequest (structured, one per request)."""
