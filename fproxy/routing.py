@@ -71,15 +71,16 @@ class Router:
         return res
 
     def _resolve_uncached(self, name: str) -> Resolution | None:
-        found = self._lookup(name)
-        if found is not None:
-            return Resolution(name, found)
+        exact = self._exact_routes.get(name)
+        if exact is not None:  # a route written for the full name (even "x-thinking") is taken as is
+            return Resolution(name, exact.to)
         if name.endswith(THINKING_SUFFIX) and len(name) > len(THINKING_SUFFIX):
             base = name[: -len(THINKING_SUFFIX)]
             found = self._lookup(base)
             if found is not None:
                 return Resolution(base, found, thinking=True)
-        return None
+        found = self._lookup(name)
+        return Resolution(name, found) if found is not None else None
 
     def _lookup(self, name: str) -> tuple[Target, ...] | None:
         r = self._exact_routes.get(name)

@@ -9,10 +9,25 @@ from __future__ import annotations
 from typing import Any
 
 from fproxy.config import ProviderConfig
+from fproxy.ir.errors import bad_request
 from fproxy.ir.response import Usage
 
 
+def check(dialect: str, body: dict[str, Any]) -> None:
+    """The cheap shape checks worth doing before spending an upstream round trip."""
+    if dialect in ("openai-chat", "anthropic"):
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise bad_request("messages: expected a non-empty list of messages", param="messages")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise bad_request(f"messages[{i}]: expected a message object with a role", param=f"messages[{i}]")
+    elif dialect == "openai-responses" and "input" in body and not isinstance(body["input"], (str, list)):
+        raise bad_request("input: expected a string or a list of items", param="input")
+
+
 def prepare(dialect: str, body: dict[str, Any], model: str, provider: ProviderConfig) -> dict[str, Any]:
+    check(dialect, body)
     out = dict(body)
     out["model"] = model
     if dialect == "openai-chat" and out.get("stream"):

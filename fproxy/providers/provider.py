@@ -6,9 +6,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from attrs import define, frozen
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet import error as neterror
 from twisted.web.client import ResponseFailed
+from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
@@ -136,21 +137,32 @@ class Provider:
         d: Deferred[IResponse] = self.client.http.request(
             "POST", endpoint.url, data=body, headers=self.headers(endpoint, key, client_headers),
             unbuffered=True, allow_redirects=False)
-        d.addTimeout(t.first_byte, self.clock)
+        timed_out: list[bool] = []
+
+        def on_deadline() -> None:
+            timed_out.append(True)
+            d.cancel()  # before headers, cancelling aborts the connection
+
+        deadline = self.clock.callLater(t.first_byte, on_deadline)
         try:
             return await d
-        except TimeoutError:
-            raise GatewayError(504, f"upstream {self.name} did not answer within {t.first_byte:g}s",
-                               code="upstream_timeout", retryable=True) from None
-        except CancelledError:
+        except Exception as e:
+            if timed_out:
+                raise GatewayError(504, f"upstream {self.name} did not answer within {t.first_byte:g}s",
+                                   code="upstream_timeout", retryable=True) from None
+            if isinstance(e, CancelledError):
+                raise
+            if isinstance(e, (neterror.ConnectError, neterror.DNSLookupError, neterror.TimeoutError,
+                              neterror.ConnectingCancelledError)):
+                raise GatewayError(502, f"could not connect to upstream {self.name}: {type(e).__name__}",
+                                   code="upstream_unreachable", retryable=True) from None
+            if isinstance(e, (ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed)):
+                raise GatewayError(502, f"upstream {self.name} closed the connection without an answer",
+                                   code="upstream_error", retryable=True) from None
             raise
-        except (neterror.ConnectError, neterror.DNSLookupError, neterror.TimeoutError,
-                neterror.ConnectingCancelledError) as e:
-            raise GatewayError(502, f"could not connect to upstream {self.name}: {type(e).__name__}",
-                               code="upstream_unreachable", retryable=True) from None
-        except ResponseFailed:
-            raise GatewayError(502, f"upstream {self.name} closed the connection without an answer",
-                               code="upstream_error", retryable=True) from None
+        finally:
+            if deadline.active():
+                deadline.cancel()
 
     def close(self) -> Deferred[None] | None:
         return self.client.close() if self.client is not None else None
