@@ -150,6 +150,10 @@ class Gateway:
             t = self.config.thinking
             budget = {"low": t.low, "medium": t.medium, "high": t.high}.get(req.thinking.effort, t.high)
             changes["thinking"] = Thinking(budget_tokens=budget, effort=req.thinking.effort)
+        th = changes.get("thinking")
+        if th is not None and th.budget_tokens and req.max_tokens is not None and req.max_tokens <= th.budget_tokens:
+            # the gateway turned thinking on: max_tokens counts thinking too, so make room for the answer
+            changes["max_tokens"] = th.budget_tokens + req.max_tokens
         if provider.config.system_prefix:
             changes["system"] = tuple(TextPart(s) for s in provider.config.system_prefix) + req.system
         if changes:
@@ -350,7 +354,7 @@ class Gateway:
             return await read_body(response, MAX_ERROR_BODY, self.reactor, provider.config.timeouts.total)
         from fproxy.codecs.anthropic import count_tokens_estimate
 
-        req = inbound_codec("anthropic").decode_request({**body, "max_tokens": body.get("max_tokens") or 1})
+        req = inbound_codec("anthropic").decode_request(body, require_max_tokens=False)
         return orjson.dumps({"input_tokens": count_tokens_estimate(req)})
 
     def finished(self, call: Call) -> None:
