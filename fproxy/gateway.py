@@ -25,6 +25,7 @@ from fproxy.ir.errors import GatewayError
 from fproxy.ir.request import ChatRequest, TextPart, Thinking
 from fproxy.ir.response import Usage
 from fproxy.providers.http import read_body
+from fproxy.providers.images import ImageFetcher
 from fproxy.providers.keypool import KeyState
 from fproxy.providers.provider import Endpoint, Provider
 from fproxy.routing import Router
@@ -78,6 +79,7 @@ class Gateway:
         self.providers = providers
         self.router = router
         self.on_finished = on_finished
+        self.images = ImageFetcher(reactor, config.images) if config.images.fetch else None
 
     # ------------------------------------------------------------ entry
     async def chat(self, request: IRequest, call: Call) -> bytes | None:
@@ -125,7 +127,7 @@ class Gateway:
             if same:
                 body = passthrough.prepare(call.dialect, call.body, endpoint.model, provider.config)
             else:
-                body = self._translate_request(call, inbound, upstream_dialect, endpoint, provider, thinking)
+                body = await self._translate_request(call, inbound, upstream_dialect, endpoint, provider, thinking)
             payload = orjson.dumps(body)
             response = await self._send_with_keys(call, provider, endpoint, payload, body)
             call.provider, call.upstream_model = provider.name, endpoint.model
@@ -136,11 +138,13 @@ class Gateway:
         finally:
             release()
 
-    def _translate_request(self, call: Call, inbound: Any, upstream_dialect: str, endpoint: Endpoint,
-                           provider: Provider, thinking: bool) -> dict[str, Any]:
+    async def _translate_request(self, call: Call, inbound: Any, upstream_dialect: str, endpoint: Endpoint,
+                                 provider: Provider, thinking: bool) -> dict[str, Any]:
         if call.ir is None:
             call.ir = inbound.decode_request(call.body)
         req = call.ir
+        if upstream_dialect == "anthropic" and self.images is not None:
+            req = call.ir = await self.images.inline(req)
         changes: dict[str, Any] = {}
         if thinking:
             budget = provider.config.thinking_budget or self.config.thinking.budget
@@ -282,6 +286,7 @@ class Gateway:
         set_overhead(request, call, self.reactor.seconds())
         t = provider.config.timeouts
         pipe = StreamPipe(request, transcoder, self.reactor, t.idle, t.total, self.config.server.keepalive_seconds)
+        request.pipe = pipe  # for the drain's deadline and POST /v1/cancel: both cut the stream in-band
         call.outcome = "streaming"
         call.status = 200
         try:

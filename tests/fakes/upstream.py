@@ -108,6 +108,11 @@ class Record:
     error: dict[str, Any] | None = None  # the error body answered, if any
     finished_at: float | None = None
     finished: Deferred[Record] = field(factory=Deferred, repr=False)  # fires when the fake is done
+    sent: bytearray = field(factory=bytearray, repr=False)  # the body bytes written, the first MB of them
+
+    def keep(self, data: bytes) -> None:
+        if len(self.sent) < 1_000_000:
+            self.sent.extend(data[: 1_000_000 - len(self.sent)])
 
 
 @implementer(IPushProducer)
@@ -189,6 +194,7 @@ class _Exchange:
             self.request.setHeader(name, value)
         self.request.write(data)
         self.record.bytes_written += len(data)
+        self.record.keep(data)
         self.request.finish()
 
     def start_stream(self, headers: dict[str, str]) -> None:
@@ -208,6 +214,7 @@ class _Exchange:
             return False
         self.request.write(data)
         self.record.bytes_written += len(data)
+        self.record.keep(data)
         self.record.events_sent += 1
         return True
 
