@@ -18,10 +18,11 @@ setup(
         "pyopenssl>=24.0",
         "attrs>=23.1",
         "orjson>=3.9",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "openai>=1.40", "anthropic>=0.40", "hypothesis>=6.100",
                  "httpx[http2]>=0.27", "prometheus-client>=0.20"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["fproxy=fproxy.cli:main"]},
 )

@@ -15,7 +15,9 @@ from typing import Any
 
 from attrs import field, frozen
 
-from fproxy.providers.presets import PRESETS
+from fproxy.pricing import PriceRule
+from fproxy.providers.credentials import OAuthSpec, looks_like_source, parse_spec
+from fproxy.providers.presets import BASE_URL_HINTS, PRESETS
 
 DIALECTS = ("openai-chat", "openai-responses", "anthropic", "mock")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -56,6 +58,13 @@ class ProviderConfig:
     mock_reply: str | None = None
     mock_delay: float = 0.05
     max_connections: int = 64
+    # credentials (fproxy.providers.credentials): a source string, its cache TTL, an OAuth refresh grant
+    credential: str | None = None
+    credential_ttl: float = 300.0
+    oauth: OAuthSpec | None = None
+    api_version: str | None = None  # Azure's api-version query parameter
+    stream_only: bool = False  # the upstream only streams: ask for a stream, collect it for non-stream clients
+    context_1m: bool = False  # send the 1M-context beta for models the catalogue marks 1M-capable
 
 
 @frozen
@@ -129,6 +138,7 @@ class Config:
     images: ImagesConfig = ImagesConfig()
     providers: tuple[ProviderConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    prices: tuple[PriceRule, ...] = ()  # [[price]] tables: they come before the catalogue's prices
     source: str = "(defaults)"
 
     def provider(self, name: str) -> ProviderConfig | None:
@@ -286,13 +296,55 @@ def _simple(data: Any, name: str, cls: type, keys: dict[str, Callable[[Any, str]
 
 
 _PROVIDER_KEYS: dict[str, Callable[[Any, str], Any]] = {
-    "name": _str, "dialect": _str, "preset": _str, "base_url": _str, "keys": _keys, "models": _strs,
+    "name": _str, "dialect": _str, "preset": _str, "base_url": _str, "keys": lambda v, w: _provider_keys(v, w),
+    "models": _strs,
     "timeouts": lambda v, w: v, "auth": _one_of("bearer", "x-api-key", "api-key", "none"),
     "headers": _str_map, "query": _str_map, "max_concurrency": _int, "queue_size": _int,
     "system_prefix": _strs, "strip_params": lambda v, w: v, "thinking_budget": _int,
     "max_tokens_field": _one_of("max_tokens", "max_completion_tokens"), "ca_file": _str,
     "mock_reply": _str, "mock_delay": _num, "max_connections": _int,
+    "credential": lambda v, w: _credential(v, w), "credential_ttl": _num, "oauth": lambda v, w: _oauth(v, w),
+    "api_version": _str, "stream_only": _bool, "context_1m": _bool,
 }
+
+
+def _provider_keys(v: Any, where: str) -> tuple[str, ...]:
+    """Upstream keys; an entry that is a credential source (``command:...``) is kept whole, not split."""
+    out: list[str] = []
+    for i, entry in enumerate(_strs(v, where)):
+        if looks_like_source(entry.strip()):
+            _credential(entry, f"{where}[{i}]")
+            out.append(entry.strip())
+        else:
+            out.extend(split_keys(entry))
+    return tuple(out)
+
+
+def _credential(v: Any, where: str) -> str:
+    """``env:NAME``, ``file:PATH[#json.path]`` or ``command:...``: one string, never split."""
+    v = _str(v, where).strip()
+    try:
+        parse_spec(v)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return v
+
+
+_OAUTH_KEYS = ("token_url", "client_id", "client_secret", "refresh_token", "scope")
+
+
+def _oauth(v: Any, where: str) -> OAuthSpec:
+    """``[provider.oauth]``: the refresh-token grant (``token_url``, ``client_id``, ``refresh_token``)."""
+    t = _Table(v, where + ".")
+    t.refuse_unknown(list(_OAUTH_KEYS))
+    values = {k: t.get(k, _str) for k in _OAUTH_KEYS}
+    for k in ("token_url", "client_id", "refresh_token"):
+        if not values[k]:
+            raise t.err(k, "missing (the refresh-token grant needs token_url, client_id and refresh_token)")
+    if not re.match(r"^https?://[^/\s]+", values["token_url"]):
+        raise t.err("token_url", f'"{values["token_url"]}" is not an http(s) URL')
+    return OAuthSpec(values["token_url"], values["client_id"], values["refresh_token"],
+                     values["client_secret"] or None, values["scope"] or None)
 
 
 def _timeouts(v: Any, where: str) -> Timeouts:
@@ -330,6 +382,8 @@ def _provider(data: Any, i: int, names: set[str]) -> ProviderConfig:
             continue
         if k == "timeouts":
             values[k] = _timeouts(t.data[k], f"{label}timeouts")
+        elif k in ("headers", "query") and isinstance(values.get(k), Mapping):
+            values[k] = {**values[k], **check(t.data[k], f"{label}{k}")}  # a preset's extras stay unless replaced
         elif k == "strip_params":
             sp = t.data[k]
             if sp == "auto":
@@ -348,7 +402,8 @@ def _provider(data: Any, i: int, names: set[str]) -> ProviderConfig:
     base = values.get("base_url", "")
     if dialect != "mock":
         if not base:
-            raise t.err("base_url", "missing")
+            hint = BASE_URL_HINTS.get(preset_name or "")
+            raise t.err("base_url", f"missing ({hint})" if hint else "missing")
         if not re.match(r"^https?://[^/\s]+", base):
             raise t.err("base_url", f'"{base}" is not an http(s) URL')
     if "auth" not in values:
@@ -380,7 +435,21 @@ def _route(data: Any, i: int, providers: dict[str, ProviderConfig]) -> RouteConf
     return RouteConfig(model, tuple(targets), weights)
 
 
-TOP_LEVEL = ("server", "access", "store", "state", "thinking", "images", "provider", "route")
+def _price(data: Any, i: int) -> PriceRule:
+    """One ``[[price]]`` table: a model (glob) and USD per million input/output/cached tokens."""
+    t = _Table(data, f"price[{i}].")
+    t.refuse_unknown(["model", "input", "output", "cached", "cache_write"])
+    model = t.get("model", _str)
+    if not model:
+        raise t.err("model", "missing (a model name or glob)")
+    for k in ("input", "output"):
+        if k not in t.data:
+            raise t.err(k, "missing (USD per million tokens)")
+    return PriceRule(model, t.get("input", _num), t.get("output", _num), t.get("cached", _num),
+                 t.get("cache_write", _num))
+
+
+TOP_LEVEL = ("server", "access", "store", "state", "thinking", "images", "provider", "route", "price")
 
 
 def from_dict(data: dict[str, Any], env: Mapping[str, str] | None = None, source: str = "(dict)") -> Config:
@@ -403,6 +472,12 @@ def from_dict(data: dict[str, Any], env: Mapping[str, str] | None = None, source
     if not isinstance(routes_raw, list):
         raise ConfigError("route: expected [[route]] tables")
     routes = tuple(_route(r, i, by_name) for i, r in enumerate(routes_raw, 1))
+    prices_raw = data.get("price", [])
+    if isinstance(prices_raw, dict):
+        prices_raw = [prices_raw]
+    if not isinstance(prices_raw, list):
+        raise ConfigError("price: expected [[price]] tables")
+    prices = tuple(_price(p, i) for i, p in enumerate(prices_raw, 1))
     return Config(
         server=_server(data.get("server", {})),
         access=_access(data.get("access", {})),
@@ -414,6 +489,7 @@ def from_dict(data: dict[str, Any], env: Mapping[str, str] | None = None, source
                        {"fetch": _bool, "max_bytes": _int, "timeout": _num, "allow_private": _bool}),
         providers=providers,
         routes=routes,
+        prices=prices,
         source=source,
     )
 

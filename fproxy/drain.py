@@ -54,10 +54,11 @@ class ActiveRequests:
 
 
 class DrainService(Service):
-    def __init__(self, active: ActiveRequests, grace: float, clock: Any) -> None:
+    def __init__(self, active: ActiveRequests, grace: float, clock: Any, site: Any = None) -> None:
         self._active = active
         self._grace = grace
         self._clock = clock
+        self.site = site
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -71,3 +72,11 @@ class DrainService(Service):
         except TimeoutError:
             log.warn("drain deadline reached with {n} request(s) still running: closing them", n=len(self._active))
             self._active.abort_all()
+        if self.site is not None:
+            # the last answers may still sit in transport buffers: flush them before the reactor stops
+            try:
+                await self.site.close_connections().addTimeout(2.0, self._clock)
+            except TimeoutError:
+                for proto in list(self.site.connections):
+                    if proto.transport is not None:
+                        proto.transport.abortConnection()

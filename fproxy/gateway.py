@@ -128,6 +128,7 @@ class Gateway:
                 body = passthrough.prepare(call.dialect, call.body, endpoint.model, provider.config)
             else:
                 body = await self._translate_request(call, inbound, upstream_dialect, endpoint, provider, thinking)
+            endpoint = provider.finish_request(endpoint, body)  # stream_only, max_tokens clamp, Vertex
             payload = orjson.dumps(body)
             response = await self._send_with_keys(call, provider, endpoint, payload, body)
             call.provider, call.upstream_model = provider.name, endpoint.model
@@ -171,6 +172,7 @@ class Gateway:
     async def _send_with_keys(self, call: Call, provider: Provider, endpoint: Endpoint, payload: bytes,
                               body: dict[str, Any]) -> IResponse:
         tried: set[int] = set()
+        refreshed: set[int] = set()  # credential-source keys fetched anew after a 401/403 in this call
         while True:
             key: KeyState | None = None
             if provider.needs_key:
@@ -178,6 +180,7 @@ class Gateway:
                 if key is None:
                     raise self._no_key_error(provider, tried)
                 tried.add(key.index)
+                await provider.resolve_key(key)  # a credential source's current token (503 when it fails)
             t0 = self.reactor.seconds()
             try:
                 response = await provider.send(endpoint, key, payload, call.client_headers, body, call.request_id)
@@ -202,7 +205,7 @@ class Gateway:
             log.warn("upstream {provider} key {key} answered {status}: {message}", provider=provider.name,
                      key=label, status=status, message=message[:200], request_id=call.request_id)
             if key is not None and status in (401, 403):
-                provider.pool.disable(key)
+                _auth_refused(provider, key, status, message, code, tried, refreshed)
                 continue
             if key is not None and status in (402, 429):
                 provider.pool.cool(key, _retry_after(response), status)
@@ -349,7 +352,7 @@ class Gateway:
         target = res.targets[0]
         provider = self.providers[target.provider]
         endpoint = provider.endpoint(target.model)
-        if endpoint.dialect == "anthropic" and provider.config.preset != "factory":
+        if endpoint.dialect == "anthropic" and provider.config.preset not in ("factory", "vertex-anthropic"):
             ep = Endpoint("anthropic", endpoint.url.replace(b"/v1/messages", b"/v1/messages/count_tokens", 1),
                           endpoint.model, endpoint.headers)
             out = dict(body, model=ep.model)
@@ -365,6 +368,24 @@ class Gateway:
     def finished(self, call: Call) -> None:
         if self.on_finished is not None:
             self.on_finished(call)
+
+
+def _auth_refused(provider: Provider, key: KeyState, status: int, message: str, code: str | None,
+                  tried: set[int], refreshed: set[int]) -> None:
+    """401/403: a static key leaves rotation; a credential source is fetched anew and tried once more.
+
+    @raise GatewayError: 502 (retryable) when a freshly fetched credential is refused as well.
+    """
+    if key.source is None:
+        provider.pool.disable(key)
+        return
+    if key.index in refreshed:
+        raise GatewayError(502, f"upstream {provider.name} refused the credential from "
+                           f"{key.source.describe()} ({status}): {message}", code=code, retryable=True,
+                           upstream_status=status)
+    refreshed.add(key.index)
+    tried.discard(key.index)
+    key.source.invalidate(key.key)
 
 
 def _retry_after(response: IResponse) -> float | None:

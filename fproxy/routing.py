@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from attrs import frozen
 
+from fproxy import catalogue
 from fproxy.config import Config, RouteConfig, Target
 from fproxy.ir.errors import GatewayError
 
@@ -111,8 +112,36 @@ class Router:
         return route.to
 
     def model_names(self) -> list[str]:
-        """Names for /v1/models: routes and exact provider models (globs are not listable)."""
+        """Names for /v1/models: routes and exact provider models (globs are not listable), plus, for a
+        Factory provider, the ids of Factory's models list that its globs serve."""
         names = [r for r in self._exact_routes]
         for p in self._providers.values():
             names.extend(m for m in p.models if not _is_glob(m))
+            if p.preset == "factory":
+                names.extend(catalogue.factory_ids([m for m in p.models if _is_glob(m)]))
         return list(dict.fromkeys(names))
+
+    def limits(self, name: str) -> dict[str, int]:
+        """``context_window`` / ``max_output_tokens`` of what ``name`` resolves to, where the catalogue knows.
+
+        The first target's upstream model is looked up; its window is 1M when that provider
+        sends the 1M-context beta (``context_1m``) and the model supports it.
+        """
+        try:
+            res = self.resolve(name)
+        except GatewayError:
+            return {}
+        if not res.targets:
+            return {}
+        target = res.targets[0]
+        info = catalogue.info_for(target.model) or catalogue.info_for(res.model)
+        if info is None:
+            return {}
+        prov = self._providers.get(target.provider)
+        out: dict[str, int] = {}
+        window = info.window(bool(prov is not None and prov.context_1m))
+        if window:
+            out["context_window"] = window
+        if info.max_output:
+            out["max_output_tokens"] = info.max_output
+        return out

@@ -17,11 +17,13 @@ class Options(usage.Options):
                 "(FACTORY_API_KEYS, PROXY_ACCESS_KEYS, PROXY_KEY_HEADER, OPENAI_API_KEY, ...).")
     optParameters = [
         ["config", "c", None, "TOML configuration file (see etc/fproxy.example.toml)."],
+        ["workers", "w", "1", "Serve the listeners from N worker processes (a parent binds, workers adopt)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["adopt"] = []
 
     def opt_listen(self, description: str) -> None:
         """A strports description to listen on, e.g. tcp:8001:interface=127.0.0.1 or
@@ -30,7 +32,17 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_adopt(self, spec: str) -> None:
+        """(internal, used by --workers) FD:DESCRIPTION of an inherited listening socket to serve."""
+        self["adopt"].append(spec)
+
     def postOptions(self) -> None:
+        try:
+            self["workers"] = int(self["workers"])
+        except ValueError:
+            raise usage.UsageError("--workers: expected a number") from None
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers: expected 1 or more")
         try:
             if self["config"]:
                 cfg = load(self["config"])
@@ -50,6 +62,24 @@ def makeService(options: Options) -> Any:
 
     cfg: Config = options["config_obj"]
     listen = tuple(options["listen"]) or cfg.server.listen
+    if options["workers"] > 1:
+        from fproxy.workers import WorkersService, WorkerConfigError, bind  # noqa: F401
+
+        for desc in listen:
+            kind = desc.split(":", 1)[0]
+            if kind not in ("tcp", "tcp6", "ssl", "unix"):
+                sys.stderr.write(f"fproxy: configuration error: listen: {desc!r}: --workers supports tcp, tcp6, "
+                                 "ssl and unix listeners\n")
+                raise SystemExit(1)
+        return WorkersService(reactor, options["workers"], listen, list(sys.argv), cfg.server.drain_seconds)
+    if options["adopt"]:
+        from fproxy.service import GatewayService
+        from fproxy.workers import AdoptedPorts
+
+        svc = GatewayService(reactor, cfg, ())
+        svc.site.debug_pid = str(os.getpid()).encode()
+        AdoptedPorts(reactor, options["adopt"], svc.site).setServiceParent(svc)  # last child: stops first
+        return svc
     from twisted.internet.endpoints import serverFromString
 
     for desc in listen:

@@ -6,6 +6,8 @@ given but never logged: `label()` gives a safe name (``#2``) for logs and metric
 """
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
 
@@ -22,6 +24,10 @@ class KeyState:
     cooldown_until: float = 0.0
     disabled: bool = False
     strikes: int = 0  # consecutive 429s without Retry-After, for the growing default
+    # a credential source (fproxy.providers.credentials) whose current value `key` holds, and the
+    # headers that came with that value; None for a static key
+    source: Any = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
     def label(self) -> str:
         return f"#{self.index + 1}"

@@ -23,12 +23,14 @@ log = Logger()
 class PublicAPI:
     app = Klein()
 
-    def __init__(self, gateway: Gateway, auth: Authenticator, clock: Any, info: dict[str, Any]) -> None:
+    def __init__(self, gateway: Gateway, auth: Authenticator, clock: Any, info: dict[str, Any],
+                 calls: Any = None) -> None:
         self.gateway = gateway
         self.auth = auth
         self.clock = clock
         self.info = info
         self.started = clock.seconds()
+        self.calls = calls  # fproxy.calls.CallTracker: limits, queue/cancel, usage and metrics (None: none)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -55,8 +57,14 @@ class PublicAPI:
         call = Call(request_id=request.request_id, dialect=dialect, principal=principal, body=body,
                     started=request.started, client_headers=request.requestHeaders)
         request.call = call
+        calls = self.calls
+        if calls is not None:
+            await calls.admit(request, call)  # per-key limits: 403/429 before anything is routed
         try:
-            out = await self.gateway.chat(request, call)
+            work = self.gateway.chat(request, call)
+            out = await (calls.run(call, work) if calls is not None else work)
+            if out is not None and calls is not None:
+                calls.note_bytes(call, len(out))
         except GatewayError as e:
             call.status, call.outcome, call.error = e.status, "error", e.message
             raise
@@ -94,7 +102,18 @@ class PublicAPI:
         call = Call(request_id=request.request_id, dialect="openai-chat", principal=principal, body=body,
                     started=request.started, client_headers=request.requestHeaders)
         request.call = call
-        out = await self.gateway.embeddings(request, call)
+        calls = self.calls
+        if calls is not None:
+            await calls.admit(request, call)
+        try:
+            work = self.gateway.embeddings(request, call)
+            out = await (calls.run(call, work) if calls is not None else work)
+        except GatewayError as e:
+            call.status, call.outcome, call.error = e.status, "error", e.message
+            raise
+        finally:
+            if calls is not None:
+                self.gateway.finished(call)
         set_overhead(request, call, self.clock.seconds())
         return out
 
@@ -102,25 +121,32 @@ class PublicAPI:
     def _model_ids(self) -> list[str]:
         return self.gateway.router.model_names()
 
+    def _limits(self, model_id: str) -> dict[str, int]:
+        """Context window and max output from the model catalogue (fproxy.catalogue), where known."""
+        return self.gateway.router.limits(model_id)
+
     @app.route("/v1/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
-        self.auth.authenticate(request)
+        principal = self.auth.authenticate(request)
         request.setHeader(b"content-type", b"application/json")
-        ids = self._model_ids()
+        ids = [i for i in self._model_ids() if principal.may_use(i)]
         if request.getHeader(b"anthropic-version"):
-            data = [_anthropic_model(i) for i in ids]
+            data = [_anthropic_model(i, self._limits(i)) for i in ids]
             return orjson.dumps({"data": data, "has_more": False, "first_id": ids[0] if ids else None,
                                  "last_id": ids[-1] if ids else None})
-        return orjson.dumps({"object": "list", "data": [_openai_model(i) for i in ids]})
+        return orjson.dumps({"object": "list", "data": [_openai_model(i, self._limits(i)) for i in ids]})
 
     @app.route("/v1/models/<path:model_id>", methods=["GET"])
     def model(self, request: IRequest, model_id: str) -> bytes:
-        self.auth.authenticate(request)
+        principal = self.auth.authenticate(request)
+        if not principal.may_use(model_id):  # hidden from this key, as in its /v1/models
+            raise GatewayError(404, f"The model `{model_id}` does not exist or you do not have access to it.",
+                               code="model_not_found", param="model")
         self.gateway.router.resolve(model_id)  # 404 when nothing serves it
         request.setHeader(b"content-type", b"application/json")
         if request.getHeader(b"anthropic-version"):
-            return orjson.dumps(_anthropic_model(model_id))
-        return orjson.dumps(_openai_model(model_id))
+            return orjson.dumps(_anthropic_model(model_id, self._limits(model_id)))
+        return orjson.dumps(_openai_model(model_id, self._limits(model_id)))
 
     # ------------------------------------------------------------ ops
     @app.route("/health", methods=["GET", "HEAD"])
@@ -191,9 +217,16 @@ class PublicAPI:
         return orjson.dumps(inbound_codec(error_dialect(request.path)).error_body(err))
 
 
-def _openai_model(i: str) -> dict[str, Any]:
-    return {"id": i, "object": "model", "created": 0, "owned_by": "fproxy"}
+def _openai_model(i: str, limits: dict[str, int] | None = None) -> dict[str, Any]:
+    """OpenAI's model object, plus ``context_window`` / ``max_output_tokens`` where known."""
+    return {"id": i, "object": "model", "created": 0, "owned_by": "fproxy", **(limits or {})}
 
 
-def _anthropic_model(i: str) -> dict[str, Any]:
-    return {"type": "model", "id": i, "display_name": i, "created_at": "1970-01-01T00:00:00Z"}
+def _anthropic_model(i: str, limits: dict[str, int] | None = None) -> dict[str, Any]:
+    """Anthropic's model object, plus its ``max_input_tokens`` / ``max_tokens`` where known."""
+    out = {"type": "model", "id": i, "display_name": i, "created_at": "1970-01-01T00:00:00Z"}
+    if limits and "context_window" in limits:
+        out["max_input_tokens"] = limits["context_window"]
+    if limits and "max_output_tokens" in limits:
+        out["max_tokens"] = limits["max_output_tokens"]
+    return out

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import orjson
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
@@ -29,6 +30,7 @@ class LimitedRequest(Request):
     started: float = 0.0
     request_id: str = ""
     call: Any = None
+    pipe: Any = None  # the StreamPipe of a streamed answer (set by the gateway)
     too_large = False
     _site: Any = None
     _received = 0
@@ -69,6 +71,8 @@ class LimitedRequest(Request):
         self.started = site.clock.seconds()
         self.request_id = "req_" + binascii.hexlify(os.urandom(12)).decode()
         self.setHeader(b"x-request-id", self.request_id.encode())
+        if site.debug_pid is not None:
+            self.setHeader(b"x-fproxy-pid", site.debug_pid)
         active = site.active
         if active is not None:
             active.add(self)
@@ -104,6 +108,8 @@ class LimitedRequest(Request):
         site: FproxySite | None = self._site
         elapsed = ((site.clock.seconds() if site else self.started) - self.started) * 1000.0
         call = self.call
+        if self.pipe is not None and call is not None and call.outcome == "streaming":
+            call.outcome = self.pipe.outcome  # the gateway settles it a moment after finish()
         log.info(
             "{method} {path} {status} {ms:.1f}ms model={model} provider={provider} outcome={outcome}",
             method=self.method.decode("ascii", "replace") if self.method else "-",
@@ -124,9 +130,12 @@ class FproxySite(Site):
     requestFactory = LimitedRequest
     on_request_done: Any = None
     active: Any = None
+    debug_pid: bytes | None = None  # set in --workers mode: which worker answered
 
     def __init__(self, resource: Any, clock: Any, max_request_bytes: int, cors_origins: tuple[str, ...]) -> None:
         super().__init__(resource)
+        self.connections: set[Any] = set()
+        self._closed_waiters: list[Deferred[None]] = []
         self.clock = clock
         self.max_request_bytes = max_request_bytes
         self.cors_origins = tuple(o.encode() for o in cors_origins)
@@ -134,3 +143,34 @@ class FproxySite(Site):
 
     def log(self, request: Any) -> None:
         """Access lines are written by LimitedRequest (structured, one per request)."""
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """Track connections, so a stop can flush and close them (not cut them with data unsent)."""
+        proto = super().buildProtocol(addr)
+        if proto is None:
+            return None
+        self.connections.add(proto)
+        lost = proto.connectionLost
+
+        def connection_lost(reason: Any) -> Any:
+            self.connections.discard(proto)
+            if not self.connections:
+                waiters, self._closed_waiters = self._closed_waiters, []
+                for d in waiters:
+                    d.callback(None)
+            return lost(reason)
+
+        proto.connectionLost = connection_lost
+        return proto
+
+    def close_connections(self) -> Deferred[None]:
+        """Close every connection once its buffered bytes are written; fires when all are gone."""
+        d: Deferred[None] = Deferred()
+        if not self.connections:
+            d.callback(None)
+            return d
+        self._closed_waiters.append(d)
+        for proto in list(self.connections):
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+        return d

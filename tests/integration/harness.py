@@ -22,6 +22,7 @@ class RunningGateway:
 
 
 async def start_gateway(reactor: Any, conf: dict[str, Any], env: dict[str, str] | None = None) -> RunningGateway:
+    conf = {"store": {"url": "sqlite::memory:"}, **conf}  # no fproxy.db left in the working directory
     cfg = from_dict(conf, env or {})
     svc = GatewayService(reactor, cfg, listen=())
     svc.startService()

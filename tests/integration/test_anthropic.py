@@ -112,7 +112,8 @@ async def test_anthropic_client_to_openai_upstream(reactor):
         # models in Anthropic format
         r = await _t(httpx.get, gw.url + "/v1/models", headers={"x-api-key": CK, "anthropic-version": "2023-06-01"})
         assert r.json()["data"] == [{"type": "model", "id": "slot-x", "display_name": "slot-x",
-                                     "created_at": "1970-01-01T00:00:00Z"}]
+                                     "created_at": "1970-01-01T00:00:00Z",
+                                     "max_input_tokens": 128000, "max_tokens": 16384}]  # gpt-4o's, from the catalogue
     finally:
         await gw.stop()
         await fake.stop()
