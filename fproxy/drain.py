@@ -77,6 +77,9 @@ class DrainService(Service):
             try:
                 await self.site.close_connections().addTimeout(2.0, self._clock)
             except TimeoutError:
+                from fproxy.web.request import transport_of
+
                 for proto in list(self.site.connections):
-                    if proto.transport is not None:
-                        proto.transport.abortConnection()
+                    transport = transport_of(proto)
+                    if transport is not None:
+                        transport.abortConnection()

@@ -126,6 +126,14 @@ class LimitedRequest(Request):
                 site.on_request_done(self)
 
 
+def transport_of(proto: Any) -> Any:
+    """The transport of an HTTP channel (HTTP/1.1 and h2 channels wrap the real one differently)."""
+    t = getattr(proto, "transport", None)
+    if t is None:
+        t = getattr(getattr(proto, "_channel", None), "transport", None)
+    return t
+
+
 class FproxySite(Site):
     requestFactory = LimitedRequest
     on_request_done: Any = None
@@ -171,6 +179,7 @@ class FproxySite(Site):
             return d
         self._closed_waiters.append(d)
         for proto in list(self.connections):
-            if proto.transport is not None:
-                proto.transport.loseConnection()
+            transport = transport_of(proto)
+            if transport is not None:
+                transport.loseConnection()
         return d
