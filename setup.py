@@ -19,6 +19,8 @@ setup(
         "attrs>=23.1",
         "orjson>=3.9",
         "prometheus-client>=0.20",
+        "txredisapi>=1.4",  # state.url = "redis://..."
+        "psycopg[binary]>=3.1",  # store.url = "postgresql://..."
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "openai>=1.40", "anthropic>=0.40", "hypothesis>=6.100",

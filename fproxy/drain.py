@@ -49,8 +49,11 @@ class ActiveRequests:
             pipe = getattr(request, "pipe", None)
             if pipe is not None:
                 pipe.shutdown(GatewayError(503, "the gateway is shutting down", code="shutting_down"))
-            elif request.channel is not None and request.channel.transport is not None:
-                request.channel.transport.loseConnection()
+            elif request.channel is not None:
+                if request.channel.transport is not None:  # HTTP/1.1: close the connection
+                    request.channel.transport.loseConnection()
+                elif hasattr(request.channel, "abortConnection"):  # an HTTP/2 stream (no transport): reset it
+                    request.channel.abortConnection()
 
 
 class DrainService(Service):

@@ -90,10 +90,11 @@ class Gateway:
         call.model = model
         call.stream = bool(call.body.get("stream"))
         res = self.router.resolve(model)
+        # bound before the first await: a live reload swaps router and providers for NEW calls only
+        chosen = [(self.providers[t.provider], t) for t in res.targets]
         inbound = inbound_codec(call.dialect)
         last: GatewayError | None = None
-        for target in res.targets:
-            provider = self.providers[target.provider]
+        for provider, target in chosen:
             try:
                 return await self._via_target(request, call, provider, target, res.thinking, inbound)
             except GatewayError as e:
@@ -317,8 +318,8 @@ class Gateway:
             raise GatewayError(400, "model: required, a string", param="model")
         call.model = model
         last: GatewayError | None = None
-        for target in self.router.resolve(model).targets:
-            provider = self.providers[target.provider]
+        chosen = [(self.providers[t.provider], t) for t in self.router.resolve(model).targets]  # see chat()
+        for provider, target in chosen:
             if provider.config.dialect != "openai-chat":
                 continue
             ep = provider.endpoint(target.model)

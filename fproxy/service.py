@@ -28,9 +28,11 @@ from fproxy.metrics import Metrics
 from fproxy.providers.provider import Provider
 from fproxy.routing import Router
 from fproxy.state import open_state
+from fproxy.state.shared import wire_shared_state
 from fproxy.store import open_store
 from fproxy.store.keys import KeyCache
 from fproxy.store.usage import UsageWriter
+from fproxy.tls import listen_service
 from fproxy.web.admin import AdminAPI, MetricsResource, QuietSite
 from fproxy.web.api import PublicAPI
 from fproxy.web.auth import Authenticator
@@ -113,6 +115,8 @@ class GatewayService(MultiService):
         self.store = open_store(reactor, config.store)  # ConfigError for a bad store.url
         _StoreCloser(self.store).setServiceParent(self)
         self.state = open_state(config.state, reactor)
+        if isinstance(self.state, Service):  # redis://: connects at start, closes after the last usage flush
+            self.state.setServiceParent(self)
         self.keys = KeyCache(self.store, reactor)
         self.usage = UsageWriter(self.store, reactor)
         self.usage.setServiceParent(self)
@@ -132,14 +136,15 @@ class GatewayService(MultiService):
         self.api = PublicAPI(self.gateway, self.auth, reactor, {"listeners": list(listen)}, calls=self.calls)
         self.admin = AdminAPI(self.auth, reactor, store=self.store, keys=self.keys, limits=self.limits,
                               usage=self.usage, calls=self.calls, metrics=self.metrics)
-        self.root = Root(self.api.resource(), self.admin.resource())
+        self.root = Root(self.api.resource(), self.admin.resource(), fast=self.api)
         self.site = FproxySite(self.root, reactor, config.server.max_request_bytes, config.server.cors_origins)
         self.site.active = self.active
         self.drain.site = self.site
+        self.shared = wire_shared_state(self)  # redis://: key changes and upstream keys in step across instances
         self.listen = listen
         self.ready: Deferred[None] = Deferred()
-        for desc in listen:
-            strports.service(desc, self.site, reactor=reactor).setServiceParent(self)
+        for desc in listen:  # ssl: and tls: with TLS 1.2+ and ALPN (h2): see fproxy.tls
+            listen_service(reactor, desc, self.site).setServiceParent(self)
         if config.server.metrics_listen:
             self.metrics_site = QuietSite(MetricsResource(self.metrics))
             strports.service(config.server.metrics_listen, self.metrics_site, reactor=reactor).setServiceParent(self)

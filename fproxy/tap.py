@@ -58,38 +58,74 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from fproxy.reload import attach, config_loader
     from fproxy.service import GatewayService
 
     cfg: Config = options["config_obj"]
+    from fproxy.logs import coalesce_stdout
+
+    coalesce_stdout(reactor)  # before twistd creates its log observer on sys.stdout
     listen = tuple(options["listen"]) or cfg.server.listen
-    if options["workers"] > 1:
-        from fproxy.workers import WorkersService, WorkerConfigError, bind  # noqa: F401
+    if options["adopt"]:  # a --workers child: the parent checked the listeners and the configuration
+        from fproxy.workers import AdoptedPorts, is_memory_state
 
-        for desc in listen:
-            kind = desc.split(":", 1)[0]
-            if kind not in ("tcp", "tcp6", "ssl", "unix"):
-                sys.stderr.write(f"fproxy: configuration error: listen: {desc!r}: --workers supports tcp, tcp6, "
-                                 "ssl and unix listeners\n")
-                raise SystemExit(1)
-        return WorkersService(reactor, options["workers"], listen, list(sys.argv), cfg.server.drain_seconds)
-    if options["adopt"]:
-        from fproxy.service import GatewayService
-        from fproxy.workers import AdoptedPorts
-
-        svc = GatewayService(reactor, cfg, ())
+        workers = int(os.environ.get("FPROXY_WORKERS") or 1)
+        parent = int(os.environ.get("FPROXY_PARENT_PID") or 0) or None
+        try:
+            svc = GatewayService(reactor, cfg, ())
+        except ConfigError as e:
+            sys.stderr.write(f"fproxy: configuration error: {e}\n")
+            raise SystemExit(1) from None
         svc.site.debug_pid = str(os.getpid()).encode()
+        if workers > 1 and is_memory_state(cfg.state.url):
+            svc.limits.divisor = workers  # the parent logged it once
+        attach(reactor, svc, config_loader(options["config"]), parent_pid=parent, workers=workers)
         AdoptedPorts(reactor, options["adopt"], svc.site).setServiceParent(svc)  # last child: stops first
         return svc
-    from twisted.internet.endpoints import serverFromString
+    _check_listeners(reactor, listen, options["workers"])
+    if options["workers"] > 1:
+        from fproxy.workers import WorkersService
 
-    for desc in listen:
-        try:
-            serverFromString(reactor, desc)
-        except (ValueError, KeyError, TypeError, OSError, ImportError) as e:
-            sys.stderr.write(f"fproxy: configuration error: listen: {desc!r}: {e}\n")
-            raise SystemExit(1) from None
+        _check_providers(cfg)
+        return WorkersService(reactor, options["workers"], listen, list(sys.argv), cfg.server.drain_seconds,
+                              cfg.state.url)
     try:
-        return GatewayService(reactor, cfg, listen)
+        svc = GatewayService(reactor, cfg, listen)
     except ConfigError as e:
         sys.stderr.write(f"fproxy: configuration error: {e}\n")
         raise SystemExit(1) from None
+    attach(reactor, svc, config_loader(options["config"]))  # SIGHUP and POST /api/reload
+    return svc
+
+
+def _check_listeners(reactor: Any, listen: tuple[str, ...], workers: int) -> None:
+    """Refuse a bad listener description or certificate before anything starts (one line, exit 1)."""
+    from OpenSSL.SSL import Error as SSLError
+
+    from fproxy.tls import server_endpoint
+    from fproxy.workers import KINDS
+
+    for desc in listen:
+        kind = desc.split(":", 1)[0]
+        if workers > 1 and kind not in KINDS:
+            sys.stderr.write(f"fproxy: configuration error: listen: {desc!r}: --workers supports "
+                             f"{', '.join(KINDS)} listeners\n")
+            raise SystemExit(1)
+        try:
+            server_endpoint(reactor, desc)  # ssl: / tls: load their certificates here (nothing is bound)
+        except (ValueError, KeyError, TypeError, OSError, ImportError, SSLError) as e:
+            sys.stderr.write(f"fproxy: configuration error: listen: {desc!r}: {e}\n")
+            raise SystemExit(1) from None
+
+
+def _check_providers(cfg: Config) -> None:
+    """What would make every worker fail at start (a provider's ca_file), refused once by the parent."""
+    from fproxy.providers.http import trust_root
+
+    for p in cfg.providers:
+        if p.ca_file and p.dialect != "mock":
+            try:
+                trust_root(p.ca_file)
+            except ConfigError as e:
+                sys.stderr.write(f'fproxy: configuration error: provider "{p.name}": {e}\n')
+                raise SystemExit(1) from None

@@ -62,6 +62,12 @@ class SSEDecoder:
                 buf = buf[3:]
         out: list[SSEEvent] = []
         pos = 0
+        if not self._raw and b"\r" not in buf:
+            pos = self._fast(buf, out)
+            if pos == len(buf):
+                self._buf = b""
+                self._size = 0
+                return out
         n = len(buf)
         while pos < n:
             lf = buf.find(b"\n", pos)
@@ -85,6 +91,32 @@ class SSEDecoder:
         if self._size > MAX_EVENT_BYTES:
             raise SSETooLarge(f"an SSE event exceeded {MAX_EVENT_BYTES} bytes")
         return out
+
+    def _fast(self, buf: bytes, out: list[SSEEvent]) -> int:
+        """LF-only input at an event boundary (what every LLM API sends): split on blank lines.
+
+        A one-line ``data:`` event becomes an event directly; anything else goes through
+        `_line`, so the result is the same as the general loop's.  Returns where it stopped.
+        """
+        pos = 0
+        while True:
+            end = buf.find(b"\n\n", pos)
+            if end < 0:
+                return pos
+            block = buf[pos:end]
+            raw = buf[pos:end + 2]
+            if block[:5] == b"data:" and b"\n" not in block:
+                value = block[6:] if block[5:6] == b" " else block[5:]
+                if self._id is not None:
+                    self._last_id = self._id
+                out.append(SSEEvent(None, value.decode("utf-8", "replace"), raw, self._last_id))
+            else:
+                start = pos
+                for line in block.split(b"\n"):
+                    self._line(line, buf[start:start + len(line) + 1], out)
+                    start += len(line) + 1
+                self._line(b"", b"\n", out)
+            pos = end + 2
 
     def _line(self, line: bytes, raw: bytes, out: list[SSEEvent]) -> None:
         if not line:

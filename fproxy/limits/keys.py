@@ -7,7 +7,8 @@ an `Admission` holding what it took; `KeyLimits.settle` gives it back when the c
 - RPM: one entry in a 60 s sliding window per admitted call.
 - TPM: prompt + completion tokens in a 60 s sliding window.  An estimate of the prompt is
   reserved at admission and replaced by the real usage at the end.
-- concurrency: a counter, taken at admission, released at the end; no queueing per key.
+- concurrency: a slot (`State.slot_take`), taken at admission, released at the end; no
+  queueing per key.
 - budgets: tokens and USD spent in the current period (UTC day, month, or ever), counted
   from every finished call and seeded from the ledger at start.  Checked at admission only,
   so the call that crosses the budget completes; the next one is refused.
@@ -52,7 +53,7 @@ class Admission:
     """What an admitted call holds, to be given back by `KeyLimits.settle`."""
 
     key_id: str
-    concurrency: bool = False
+    concurrency: Any = None  # the slot handle from State.slot_take
     tpm_handle: Any = None
     reserved: int = 0
 
@@ -65,6 +66,13 @@ class KeyLimits:
     def __init__(self, state: State, clock: Any) -> None:
         self._state = state
         self._clock = clock
+        #: ``--workers N`` with ``memory:`` state: each worker enforces 1/N of rpm, tpm and concurrency
+        #: (set by `fproxy.tap`); 1 otherwise, and with a shared backend.
+        self.divisor = 1
+
+    def _share(self, limit: int) -> int:
+        """This process's part of a per-key limit: ``limit // divisor``, at least 1."""
+        return limit if self.divisor <= 1 else max(1, limit // self.divisor)
 
     # ------------------------------------------------------------ admission
     async def admit(self, rec: KeyRecord | None, model: str, body: dict[str, Any]) -> Admission | None:
@@ -80,12 +88,13 @@ class KeyLimits:
         s = self._state
         try:
             if rec.max_concurrency is not None:
-                if not await s.counter_take(f"conc:{rec.id}", rec.max_concurrency):
+                slot = await s.slot_take(f"conc:{rec.id}", self._share(rec.max_concurrency))
+                if slot is None:
                     raise limit_error("concurrency_exceeded", f"This key already has {rec.max_concurrency} "
                                       "request(s) running, its concurrency limit", 1.0)
-                adm.concurrency = True
+                adm.concurrency = slot
             if rec.rpm is not None:
-                t = await s.window_take(f"rpm:{rec.id}", 1, rec.rpm, WINDOW)
+                t = await s.window_take(f"rpm:{rec.id}", 1, self._share(rec.rpm), WINDOW)
                 if not t.ok:
                     raise limit_error("rpm_exceeded", f"This key is limited to {rec.rpm} requests per minute",
                                       t.retry_after)
@@ -94,7 +103,7 @@ class KeyLimits:
                 rpm_handle = None
             if rec.tpm is not None:
                 est = estimate_prompt_tokens(body)
-                t = await s.window_take(f"tpm:{rec.id}", est, rec.tpm, WINDOW)
+                t = await s.window_take(f"tpm:{rec.id}", est, self._share(rec.tpm), WINDOW)
                 if not t.ok:
                     if rpm_handle is not None:
                         await s.window_set(f"rpm:{rec.id}", rpm_handle, 0)
@@ -102,8 +111,8 @@ class KeyLimits:
                                       f"({int(t.used)} used in the last minute)", t.retry_after)
                 adm.tpm_handle, adm.reserved = t.handle, est
         except GatewayError:
-            if adm.concurrency:
-                await s.counter_add(f"conc:{rec.id}", -1)
+            if adm.concurrency is not None:
+                await s.slot_release(f"conc:{rec.id}", adm.concurrency)
             raise
         return adm
 
@@ -128,8 +137,9 @@ class KeyLimits:
     async def settle(self, adm: Admission, tokens: int, usd: float) -> None:
         """The call ended having used ``tokens`` (prompt + completion) costing ``usd``."""
         s = self._state
-        if adm.concurrency:
-            await s.counter_add(f"conc:{adm.key_id}", -1)
+        if adm.concurrency is not None:
+            slot, adm.concurrency = adm.concurrency, None
+            await s.slot_release(f"conc:{adm.key_id}", slot)
         if adm.tpm_handle is not None:
             await s.window_set(f"tpm:{adm.key_id}", adm.tpm_handle, tokens)
         await self.add_spend(adm.key_id, tokens, usd)
@@ -153,11 +163,13 @@ class KeyLimits:
 
     # ------------------------------------------------------------ seeding
     async def seed(self, store: Any) -> None:
-        """Spend per key for today, this month and ever, from the ledger (at start)."""
+        """Spend per key for today, this month and ever, from the ledger (at start, and when a shared
+        state backend comes back: it may have lost its counters).  A counter already higher (other
+        instances' calls not yet in the ledger) is kept."""
         now = self._clock.seconds()
         for period in PERIODS:
             label = period_label(period, now)
             totals = await store.spend_by_key(period_start(period, now))
             for key_id, (tokens, usd) in totals.items():
-                await self._state.counter_set(_spend_key("tokens", key_id, label), tokens, _TTL[period])
-                await self._state.counter_set(_spend_key("usd", key_id, label), usd, _TTL[period])
+                await self._state.counter_raise(_spend_key("tokens", key_id, label), tokens, _TTL[period])
+                await self._state.counter_raise(_spend_key("usd", key_id, label), usd, _TTL[period])

@@ -5,7 +5,7 @@ from typing import Any
 
 from attrs import define
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -16,15 +16,21 @@ from twisted.web.client import (
     PotentialDataLoss,
     ResponseDone,
 )
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
 
 from fproxy.ir.errors import GatewayError
 
 
 @define
 class UpstreamClient:
+    """``agent`` carries the hot path (a bare Agent: treq's cookie and decoder layers and its URL
+    re-parsing cost ~15 % of a passthrough call, measured in bench/RESULTS.md); ``http`` (treq
+    over the same pool) serves the rare side calls such as OAuth refreshes."""
+
     http: HTTPClient
     pool: HTTPConnectionPool
+    agent: Agent
 
     def close(self) -> Deferred[None]:
         return self.pool.closeCachedConnections()
@@ -38,10 +44,9 @@ def make_client(reactor: Any, connect_timeout: float, max_connections: int = 64,
     pool.cachedConnectionTimeout = 110
     policy = BrowserLikePolicyForHTTPS()
     if ca_file:
-        from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+        from twisted.internet.ssl import optionsForClientTLS
 
-        with open(ca_file, "rb") as f:  # once, at start: not on a request path
-            root = trustRootFromCertificates([Certificate.loadPEM(f.read())])
+        root = trust_root(ca_file)
 
         class _Policy(BrowserLikePolicyForHTTPS):
             def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
@@ -49,7 +54,60 @@ def make_client(reactor: Any, connect_timeout: float, max_connections: int = 64,
 
         policy = _Policy()
     agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=pool)
-    return UpstreamClient(HTTPClient(agent), pool)
+    return UpstreamClient(HTTPClient(agent), pool, agent)
+
+
+def trust_root(ca_file: str) -> Any:
+    """The certificates of a PEM file (one CA or a bundle) as a trust root for upstream TLS.
+
+    Read once, when the provider is built (at start or on a reload), never on a request path.
+    The upstream's name is then checked against its certificate by service-identity.
+
+    @raise ConfigError: naming ``ca_file`` when the file is missing or holds no certificate.
+    """
+    import re
+
+    from OpenSSL.crypto import Error as CryptoError
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
+    from fproxy.config import ConfigError
+
+    try:
+        with open(ca_file, "rb") as f:
+            text = f.read()
+        pems = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, flags=re.DOTALL)
+        certs = [Certificate.loadPEM(p) for p in pems]
+    except OSError as e:
+        raise ConfigError(f'ca_file: cannot read "{ca_file}": {e.strerror}') from None
+    except (CryptoError, ValueError) as e:
+        raise ConfigError(f'ca_file: "{ca_file}" holds a broken certificate: {e}') from None
+    if not certs:
+        raise ConfigError(f'ca_file: "{ca_file}" holds no PEM certificate')
+    return trustRootFromCertificates(certs)
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A request body already in memory: written at once, its length known (no chunking)."""
+
+    __slots__ = ("_body", "length")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class _Collector(Protocol):

@@ -3,9 +3,14 @@
 State changes happen the moment an answer arrives (pitfall 13: a key that answered 429
 leaves rotation at once).  A new cooldown never shortens a longer one.  Keys are held as
 given but never logged: `label()` gives a safe name (``#2``) for logs and metrics.
+
+With a shared state backend (`fproxy.state.shared`), ``listener`` hears of every disable and
+cooldown so other instances learn of it, their news is applied with `apply_shared`, and
+``picked`` lets the round-robin cursor follow a shared counter.  `pick` itself never waits.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -38,6 +43,10 @@ class KeyPool:
     clock: IReactorTime
     keys: list[KeyState] = field(factory=list)
     _cursor: int = 0
+    #: called after this instance's answers disable or cool a key (publishing it to other instances)
+    listener: Callable[[KeyState], None] | None = None
+    #: called after every pick (advancing a shared round-robin counter)
+    picked: Callable[[KeyPool], None] | None = None
 
     @classmethod
     def of(cls, clock: IReactorTime, keys: tuple[str, ...] | list[str]) -> KeyPool:
@@ -57,8 +66,21 @@ class KeyPool:
             if i in exclude or k.disabled or k.cooldown_until > now:
                 continue
             self._cursor = (i + 1) % n
+            if self.picked is not None:
+                self.picked(self)
             return k
         return None
+
+    def set_cursor(self, n: int) -> None:
+        """Move the round-robin cursor (a shared counter's value; taken modulo the key count)."""
+        if self.keys:
+            self._cursor = n % len(self.keys)
+
+    def apply_shared(self, k: KeyState, disabled: bool, cooldown_until: float) -> None:
+        """Another instance disabled or cooled ``k``: the same here, without telling the listener again."""
+        if disabled:
+            k.disabled = True
+        k.cooldown_until = max(k.cooldown_until, cooldown_until)
 
     def retry_after(self) -> float | None:
         """Seconds until some key is usable again (None if every key is disabled)."""
@@ -72,6 +94,8 @@ class KeyPool:
     def disable(self, k: KeyState) -> None:
         """401/403: the key is refused by the upstream; out of rotation until reload."""
         k.disabled = True
+        if self.listener is not None:
+            self.listener(k)
 
     def cool(self, k: KeyState, seconds: float | None, status: int) -> float:
         """429 (``seconds`` from Retry-After, else growing) or 402 (long).  Returns the wait."""
@@ -83,6 +107,8 @@ class KeyPool:
             wait = min(MAX_DEFAULT_COOLDOWN, 2.0 ** k.strikes)
             k.strikes += 1
         k.cooldown_until = max(k.cooldown_until, self.clock.seconds() + wait)
+        if self.listener is not None:
+            self.listener(k)
         return wait
 
     def snapshot(self) -> dict[str, int]:

@@ -6,17 +6,17 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import attrs
-from attrs import define, frozen
+from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet import error as neterror
-from twisted.web.client import ResponseFailed
+from twisted.web.client import URI, ResponseFailed
 from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from fproxy import catalogue
 from fproxy.codecs.anthropic import MIN_THINKING_BUDGET, THINKING_ANSWER_ROOM
-from fproxy.config import ProviderConfig
+from fproxy.config import ConfigError, ProviderConfig
 from fproxy.ir.errors import GatewayError
 from fproxy.limits.concurrency import ConcurrencyLimiter
 from fproxy.providers import mock
@@ -27,7 +27,7 @@ from fproxy.providers.credentials import (
     chatgpt_account_id,
     looks_like_source,
 )
-from fproxy.providers.http import UpstreamClient, make_client
+from fproxy.providers.http import BytesProducer, UpstreamClient, make_client
 from fproxy.providers.keypool import KeyPool, KeyState
 from fproxy.providers.presets import AUTO_STRIP, AZURE_API_VERSION
 
@@ -69,11 +69,16 @@ class Provider:
     limiter: ConcurrencyLimiter
     client: UpstreamClient | None
     clock: Any
+    _header_cache: dict[Any, Headers] = field(factory=dict)
 
     @classmethod
     def build(cls, reactor: Any, config: ProviderConfig) -> Provider:
-        client = None if config.dialect == "mock" else make_client(
-            reactor, config.timeouts.connect, config.max_connections, config.ca_file)
+        """@raise ConfigError: naming the provider, when its ``ca_file`` cannot be used."""
+        try:
+            client = None if config.dialect == "mock" else make_client(
+                reactor, config.timeouts.connect, config.max_connections, config.ca_file)
+        except ConfigError as e:
+            raise ConfigError(f'provider "{config.name}": {e}') from None
         return cls(config, _key_pool(reactor, config, client), ConcurrencyLimiter(config.max_concurrency,
                    config.queue_size), client, reactor)
 
@@ -178,6 +183,27 @@ class Provider:
                 h.setRawHeaders(name.encode(), [value.encode()])
         return h
 
+    def _cached_headers(self, endpoint: Endpoint, key: KeyState | None, client_headers: Headers | None) -> Headers:
+        """`headers()`, built once per distinct input and reused (Agent does not mutate them).
+
+        They include ``Host``, so Agent does not copy them to add it.
+        """
+        ant: tuple[Any, ...] = ()
+        if endpoint.dialect == "anthropic" and client_headers is not None:
+            ant = (tuple(client_headers.getRawHeaders(b"anthropic-version", ())),
+                   tuple(client_headers.getRawHeaders(b"anthropic-beta", ())))
+        ck = (endpoint.url, endpoint.model, endpoint.headers, key.key if key else None,
+              key.extra_headers if key else None, ant)
+        h = self._header_cache.get(ck)
+        if h is None:
+            h = self.headers(endpoint, key, client_headers)
+            if not h.hasHeader(b"host"):
+                h.setRawHeaders(b"host", [_host_header(endpoint.url)])
+            if len(self._header_cache) > 512:
+                self._header_cache.clear()
+            self._header_cache[ck] = h
+        return h
+
     # ------------------------------------------------------------ last touches
     def finish_request(self, endpoint: Endpoint, body: dict[str, Any]) -> Endpoint:
         """Provider-specific last changes to an upstream body (in place); returns the endpoint to use.
@@ -212,9 +238,8 @@ class Provider:
             return mock.respond(self.clock, parsed, endpoint.model, self.config.mock_reply, self.config.mock_delay,
                                 "chatcmpl-mock" + request_id[-12:])  # type: ignore[return-value]
         t = self.config.timeouts
-        d: Deferred[IResponse] = self.client.http.request(
-            "POST", endpoint.url, data=body, headers=self.headers(endpoint, key, client_headers),
-            unbuffered=True, allow_redirects=False)
+        d: Deferred[IResponse] = self.client.agent.request(
+            b"POST", endpoint.url, self._cached_headers(endpoint, key, client_headers), BytesProducer(body))
         timed_out: list[bool] = []
 
         def on_deadline() -> None:
@@ -246,6 +271,12 @@ class Provider:
 
     def close(self) -> Deferred[None] | None:
         return self.client.close() if self.client is not None else None
+
+
+def _host_header(url: bytes) -> bytes:
+    u = URI.fromBytes(url)
+    default = 443 if u.scheme == b"https" else 80
+    return u.host if u.port == default else u.host + b":" + str(u.port).encode()
 
 
 def clamp_max_tokens(dialect: str, body: dict[str, Any], limit: int | None) -> None:

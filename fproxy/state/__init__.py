@@ -8,11 +8,23 @@ from fproxy.state.base import State
 
 
 def open_state(config: StateConfig, clock: Any) -> State:
-    """The backend named by ``state.url``: ``memory:`` (Redis comes with the scale-out issue)."""
+    """The backend named by ``state.url``: ``memory:`` (one process) or ``redis://host:port/db`` (shared).
+
+    The Redis one is a `twisted.application.service.Service`: its owner starts and stops it.
+
+    @raise ConfigError: for an unknown scheme or a malformed URL, naming ``state.url``.
+    """
     url = config.url.strip()
     if url in ("memory:", "memory", ""):
         from fproxy.state.memory import MemoryState
 
         return MemoryState(clock)
     scheme = url.split(":", 1)[0]
-    raise ConfigError(f'state.url: unsupported backend "{scheme}:" (supported: "memory:")')
+    if scheme == "redis":
+        from fproxy.state.redis_url import parse_url
+
+        parse_url(url)  # a malformed URL is a ConfigError before txredisapi (and its reactor) is imported
+        from fproxy.state.redis import RedisState
+
+        return RedisState(url, config.prefix, clock)
+    raise ConfigError(f'state.url: unsupported backend "{scheme}:" (supported: "memory:", "redis://host:port/db")')

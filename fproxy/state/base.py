@@ -5,11 +5,14 @@ Two primitives cover every per-key limit:
 - a *sliding window*: timestamped amounts summed over the last ``window`` seconds (requests
   per minute, tokens per minute).  An amount taken at admission can be corrected later
   (the token estimate is settled with the real usage), through the handle it returned.
-- a *counter*: a number with an optional time to live (concurrent requests, budget spend).
+- a *counter*: a number with an optional time to live (budget spend).
+- *slots*: a bounded count of holders (concurrent requests).  A slot taken is a handle
+  given back with `State.slot_release`; a networked backend gives each one a lease, so a
+  process that dies holding slots does not hold them forever.
 
-Every method is ``async`` so that a networked backend (Redis, in the scale-out issue) can
-implement the same interface; the in-memory one (`fproxy.state.memory`) never suspends.
-Check-and-add operations are atomic per key, which a Redis version does with a script.
+Every method is ``async`` so that a networked backend (`fproxy.state.redis`) can implement
+the same interface; the in-memory one (`fproxy.state.memory`) never suspends.
+Check-and-add operations are atomic per key, which the Redis one does with Lua scripts.
 """
 from __future__ import annotations
 
@@ -53,4 +56,14 @@ class State(Protocol):
         """The counter's value (0 when absent or expired)."""
 
     async def counter_set(self, key: str, value: float, ttl: float | None = None) -> None:
-        """Set a counter outright (seeding from the store at start)."""
+        """Set a counter outright."""
+
+    async def counter_raise(self, key: str, value: float, ttl: float | None = None) -> float:
+        """Raise a counter to ``value`` if it is lower (seeding from the ledger: a shared backend may
+        already hold more than the ledger, whose last records are still being written).  Returns the value."""
+
+    async def slot_take(self, key: str, limit: float) -> Any:
+        """Take one of ``limit`` slots of ``key``: a handle for `slot_release`, or None when all are taken."""
+
+    async def slot_release(self, key: str, handle: Any) -> None:
+        """Give back a slot taken by `slot_take` (a second release of the same handle is harmless)."""

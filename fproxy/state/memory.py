@@ -25,6 +25,15 @@ class _Entry:
         self.amount = amount
 
 
+class _Slot:
+    """A slot handle: released once."""
+
+    __slots__ = ("released",)
+
+    def __init__(self) -> None:
+        self.released = False
+
+
 class _Window:
     __slots__ = ("entries", "span")
 
@@ -110,6 +119,30 @@ class MemoryState:
     async def counter_set(self, key: str, value: float, ttl: float | None = None) -> None:
         now = self._tick()
         self._counters[key] = (value, now + ttl if ttl is not None else None)
+
+    async def counter_raise(self, key: str, value: float, ttl: float | None = None) -> float:
+        now = self._tick()
+        current = self._value(key, now)
+        if value <= current:
+            return current
+        old = self._counters.get(key)
+        expires = now + ttl if ttl is not None else (old[1] if old is not None else None)
+        self._counters[key] = (value, expires)
+        return value
+
+    # ------------------------------------------------------------ slots (a counter per key, here)
+    async def slot_take(self, key: str, limit: float) -> Any:
+        if not await self.counter_take(key, limit):
+            return None
+        return _Slot()
+
+    async def slot_release(self, key: str, handle: Any) -> None:
+        if isinstance(handle, _Slot) and not handle.released:
+            handle.released = True
+            now = self._tick()
+            value = max(0.0, self._value(key, now) - 1)
+            old = self._counters.get(key)
+            self._counters[key] = (value, old[1] if old is not None else None)
 
     # ------------------------------------------------------------ internals
     def _value(self, key: str, now: float) -> float:

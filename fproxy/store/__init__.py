@@ -8,7 +8,7 @@ from fproxy.store.base import Store
 
 
 def open_store(reactor: Any, config: StoreConfig) -> Store:
-    """The store named by ``store.url``: ``sqlite:PATH`` (PostgreSQL comes with the scale-out issue).
+    """The store named by ``store.url``: ``sqlite:PATH`` or ``postgresql://user@host:port/db``.
 
     @raise ConfigError: for an unknown scheme or an unusable path, naming ``store.url``.
     """
@@ -18,4 +18,10 @@ def open_store(reactor: Any, config: StoreConfig) -> Store:
         from fproxy.store.sqlite import open_sqlite
 
         return open_sqlite(reactor, rest)
-    raise ConfigError(f'store.url: unsupported store "{url}" (supported: "sqlite:PATH")')
+    if sep and scheme in ("postgresql", "postgres"):
+        from fproxy.store.postgres import open_postgres
+
+        return open_postgres(reactor, url)
+    shown = f"{scheme}:" if sep else url  # never the rest: it may hold a password
+    raise ConfigError(f'store.url: unsupported store "{shown}" '
+                      '(supported: "sqlite:PATH", "postgresql://user@host:port/db")')

@@ -4,12 +4,15 @@ Authentication never waits for the database: every key is loaded at start (by ha
 cache is refreshed from the store every `REFRESH_SECONDS` (only rows changed since the last
 look; a full reload every `FULL_RELOAD_SECONDS` as a safety net).  Changes made through this
 instance's admin API are applied to the cache at once, so a revoked key is refused at the
-next request here and within a second everywhere else.
+next request here and within a second everywhere else.  With a shared state backend,
+``notify`` publishes each such change and the other instances call `KeyCache.poke` to
+re-read at once (`fproxy.state.shared`); the poll stays as the safety net.
 """
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -58,7 +61,11 @@ class KeyCache:
         self._seen = 0.0
         self._last_full = 0.0
         self._loop: LoopingCall | None = None
+        self._refreshing: Deferred[None] | None = None
+        self._again = False
         self.loaded = False
+        #: told of every change made here (`put`): publishes it to other instances
+        self.notify: Callable[[KeyRecord], None] | None = None
 
     # ------------------------------------------------------------ reads (hot path)
     def by_hash(self, digest: str) -> KeyRecord | None:
@@ -75,7 +82,12 @@ class KeyCache:
 
     # ------------------------------------------------------------ writes
     def put(self, rec: KeyRecord) -> None:
-        """Apply one record (created, changed or revoked) at once."""
+        """Apply one record (created, changed or revoked by this instance's admin API) at once."""
+        self._apply(rec)
+        if self.notify is not None:
+            self.notify(rec)
+
+    def _apply(self, rec: KeyRecord) -> None:
         old = self._by_id.get(rec.id)
         if old is not None and old.key_hash != rec.key_hash:
             self._by_hash.pop(old.key_hash, None)
@@ -98,7 +110,25 @@ class KeyCache:
             await self.load()
             return
         for rec in await self._store.keys_updated_since(self._seen - SLACK_SECONDS):
-            self.put(rec)
+            self._apply(rec)
+
+    def poke(self) -> None:
+        """Another instance changed a key: re-read now (once more after a refresh already running)."""
+        if not self.loaded:
+            return
+        if self._refreshing is not None:
+            self._again = True
+            return
+        d = self._refreshing = Deferred.fromCoroutine(self.refresh())
+
+        def done(result: Any) -> None:
+            self._refreshing = None
+            if self._again:
+                self._again = False
+                self.poke()
+
+        d.addErrback(lambda f: log.failure("refreshing the key cache failed; keeping the cached keys", f))
+        d.addBoth(done)
 
     # ------------------------------------------------------------ periodic refresh
     def start(self) -> None:

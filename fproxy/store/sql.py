@@ -30,6 +30,8 @@ class Dialect:
     double: str = "DOUBLE PRECISION"
     bigint: str = "BIGINT"
     bucket: Callable[[str, int], str] = lambda col, secs: f"CAST({col} / {secs} AS INTEGER) * {secs}"
+    #: run first in the migration transaction, so instances starting together migrate one at a time
+    lock: str | None = None
 
     def q(self, sql: str) -> str:
         """``?`` placeholders -> this database's style."""
@@ -148,6 +150,8 @@ class SqlStore:
         log.info("store {where}: schema version {version}", where=self.where, version=version)
 
     def _migrate(self, txn: Any) -> int:
+        if self._d.lock:
+            txn.execute(self._d.lock)
         txn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         txn.execute("SELECT MAX(version) FROM schema_version")
         row = txn.fetchone()

@@ -1,6 +1,6 @@
-"""Operator routes (Klein): virtual keys, usage, the queue, cancelling, metrics.
+"""Operator routes (Klein): virtual keys, usage, the queue, cancelling, metrics, live reload.
 
-``/api/keys`` and ``/api/usage`` need an admin key (``access.admin_keys``): a client key gets
+``/api/keys``, ``/api/usage`` and ``/api/reload`` need an admin key (``access.admin_keys``): a client key gets
 403, no key 401.  ``/v1/queue`` and ``/v1/cancel/{id}`` take any key: a client sees and
 cancels its own calls (someone else's is a 404), an admin all of them.  ``/metrics`` needs
 an admin key here; ``server.metrics_listen`` serves it without one (`metrics_resource`).
@@ -146,6 +146,7 @@ def usage_query(request: IRequest) -> UsageQuery:
 # ---------------------------------------------------------------- the routes
 class AdminAPI:
     app = Klein()
+    reloader: Any = None  # fproxy.reload.Reloader, set by fproxy.reload.attach (twistd); None: no reload route
 
     def __init__(self, auth: Any, clock: Any, store: Any = None, keys: Any = None, limits: Any = None,
                  usage: Any = None, calls: Any = None, metrics: Any = None) -> None:
@@ -289,6 +290,23 @@ class AdminAPI:
             raise GatewayError(404, f"No request `{request_id}` is waiting or running for this key.",
                                code="request_not_found")
         return self._json(request, done)
+
+    # ------------------------------------------------------------ live reload
+    @app.route("/api/reload", methods=["POST"])
+    async def reload(self, request: IRequest) -> bytes:
+        """Re-read the configuration (as SIGHUP does); 400 naming the problem when it is refused."""
+        self.auth.require_admin(request)
+        if self.reloader is None:
+            raise GatewayError(501, "This gateway was not started by twistd: it cannot reload its configuration.",
+                               code="reload_unavailable")
+        from fproxy.config import ConfigError
+
+        try:
+            result = await self.reloader.reload("POST /api/reload")
+        except ConfigError as e:
+            raise GatewayError(400, f"The new configuration was refused (the running one stays): {e}",
+                               code="invalid_config") from None
+        return self._json(request, result.as_json())
 
     # ------------------------------------------------------------ metrics
     @app.route("/metrics", methods=["GET"])

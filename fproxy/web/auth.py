@@ -61,11 +61,19 @@ def presented_key(request: IRequest, header: bytes) -> str | None:
 
 class Authenticator:
     def __init__(self, access: AccessConfig, keys: Any = None, clock: Any = None) -> None:
+        self._keys = keys  # a KeyCache, or None when there is no store
+        self._clock = clock
+        self.set_access(access)
+
+    def set_access(self, access: AccessConfig) -> None:
+        """Take the static and admin keys and the header of ``access`` (at start, and on a live reload).
+
+        Every attribute is replaced in one step of the reactor thread, so a request is checked
+        against either the old keys or the new ones, never a mix.
+        """
         self.header = access.header.lower().encode()
         self._static = [(f"static:{i}", digest(k)) for i, k in enumerate(access.keys)]
         self._admin = [(f"admin:{i}", digest(k)) for i, k in enumerate(access.admin_keys)]
-        self._keys = keys  # a KeyCache, or None when there is no store
-        self._clock = clock
         self._configured = bool(self._static or self._admin)
 
     @property

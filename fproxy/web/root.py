@@ -15,7 +15,7 @@ from twisted.web.server import NOT_DONE_YET
 
 log = Logger()
 
-ADMIN_PREFIXES = (b"/api/keys", b"/api/usage", b"/v1/queue", b"/v1/cancel/", b"/metrics")
+ADMIN_PREFIXES = (b"/api/keys", b"/api/usage", b"/api/reload", b"/v1/queue", b"/v1/cancel/", b"/metrics")
 
 
 def is_admin_path(path: bytes) -> bool:
@@ -28,8 +28,9 @@ def is_admin_path(path: bytes) -> bool:
 class Root(Resource):
     isLeaf = True
 
-    def __init__(self, public: Any, admin: Any) -> None:
+    def __init__(self, public: Any, admin: Any, fast: Any = None) -> None:
         super().__init__()
+        self._fast = fast  # PublicAPI: its fast lane for the chat-like POSTs
         self._public = public
         self._admin = admin
         self.ready = False
@@ -57,6 +58,10 @@ class Root(Resource):
         return self._render(request)
 
     def _render(self, request: Any) -> Any:
+        if self._fast is not None and request.method == b"POST":
+            dialect = self._fast.FAST_ROUTES.get(request.path)
+            if dialect is not None:
+                return self._fast.render_fast(request, dialect)
         target = self._admin if is_admin_path(request.path) else self._public
         return target.render(request)
 

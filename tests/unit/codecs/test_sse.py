@@ -58,3 +58,33 @@ def test_crlf_split_between_chunks_is_one_line_end():
 def test_encode_event():
     assert encode_event(b'{"a":1}') == b'data: {"a":1}\n\n'
     assert encode_event("{}", "ping") == b"event: ping\ndata: {}\n\n"
+
+
+LF_STREAM = (
+    b": hello\n\n"
+    b"data: {\"a\": 1}\n\n"
+    b"event: message_delta\ndata: {\"b\": 2}\n\n"
+    b"data:\n\n"
+    b"data: x\ndata: y\n\n"
+    b"id: 5\ndata: z\n\n"
+    b"data: [DONE]\n\n"
+)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(LF_STREAM)), max_size=10))
+def test_lf_only_fast_path_matches_the_general_parser(cuts):
+    """LF-only streams take a fast path; CRLF ones the general loop: both give the same events."""
+    cuts = sorted(set(cuts))
+    chunks, prev = [], 0
+    for c in cuts + [len(LF_STREAM)]:
+        chunks.append(LF_STREAM[prev:c])
+        prev = c
+    fast = []
+    d = SSEDecoder()
+    for c in chunks:
+        fast.extend((e.event, e.data, e.id) for e in d.feed(c))
+    general = [(e.event, e.data, e.id) for e in SSEDecoder().feed(LF_STREAM.replace(b"\n", b"\r\n"))]
+    assert fast == general == [(None, '{"a": 1}', None), ("message_delta", '{"b": 2}', None), (None, "", None),
+                               (None, "x\ny", None), (None, "z", "5"), (None, "[DONE]", "5")]
+    raws = [e.raw for e in SSEDecoder().feed(LF_STREAM)]
+    assert b"".join(raws) == LF_STREAM[len(b": hello\n\n"):]

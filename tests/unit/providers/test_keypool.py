@@ -63,3 +63,28 @@ def test_pick_excludes_tried_keys():
 def test_labels_never_reveal_the_key():
     pool = KeyPool.of(Clock(), ["sk-secret-1"])
     assert pool.keys[0].label() == "#1"
+
+
+def test_listener_hears_local_changes_only_and_shared_ones_apply():
+    clock = Clock()
+    pool = KeyPool.of(clock, ["a", "b", "c"])
+    heard = []
+    pool.listener = heard.append
+    pool.disable(pool.keys[0])
+    pool.cool(pool.keys[1], 30, 429)
+    assert [k.key for k in heard] == ["a", "b"]
+    pool.apply_shared(pool.keys[2], False, 50.0)  # another instance's cooldown
+    pool.apply_shared(pool.keys[1], False, 10.0)  # shorter than ours: ignored
+    assert pool.keys[2].cooldown_until == 50.0 and pool.keys[1].cooldown_until == 30.0
+    pool.apply_shared(pool.keys[2], True, 0.0)
+    assert pool.keys[2].disabled and len(heard) == 2, "applying news from others does not re-publish it"
+
+
+def test_picked_hook_and_shared_cursor():
+    clock = Clock()
+    pool = KeyPool.of(clock, ["a", "b", "c"])
+    picks = []
+    pool.picked = picks.append
+    assert pool.pick().key == "a" and picks == [pool]
+    pool.set_cursor(7)  # the shared counter: 7 % 3 = 1
+    assert pool.pick().key == "b"

@@ -86,3 +86,25 @@ def test_sweep_forgets_idle_keys():
     clock.advance(61)
     s.sweep(clock.seconds())
     assert len(s) == 1 and run(s.counter_get("kept")) == 2
+
+
+def test_counter_raise_keeps_a_higher_value_and_its_expiry():
+    clock = Clock()
+    s = MemoryState(clock)
+    assert run(s.counter_raise("spend", 5, ttl=10)) == 5
+    assert run(s.counter_raise("spend", 3, ttl=100)) == 5, "a lower seed changes nothing"
+    clock.advance(11)
+    assert run(s.counter_get("spend")) == 0, "the first expiry still holds"
+    run(s.counter_add("spend", 2))
+    assert run(s.counter_raise("spend", 7)) == 7 and run(s.counter_get("spend")) == 7
+
+
+def test_slots_taken_and_released_once():
+    s = MemoryState(Clock())
+    one, two = run(s.slot_take("conc:k", 2)), run(s.slot_take("conc:k", 2))
+    assert one is not None and two is not None
+    assert run(s.slot_take("conc:k", 2)) is None
+    run(s.slot_release("conc:k", one))
+    run(s.slot_release("conc:k", one))  # a second release of the same handle gives nothing back twice
+    assert run(s.counter_get("conc:k")) == 1
+    assert run(s.slot_take("conc:k", 2)) is not None and run(s.slot_take("conc:k", 2)) is None

@@ -83,3 +83,46 @@ def test_full_reload_now_and_then_and_local_put():
     run(cache.refresh())
     assert store.calls[-1] == ("list", None)
     assert cache.get("local") is None  # the store is the truth
+
+
+class SlowStore(FakeStore):
+    """keys_updated_since answers only when the test says so."""
+
+    def __init__(self, recs: list[KeyRecord]) -> None:
+        super().__init__(recs)
+        self.pending: list[Deferred[list[KeyRecord]]] = []
+
+    def keys_updated_since(self, since: float) -> Deferred[list[KeyRecord]]:
+        self.calls.append(("since", since))
+        d: Deferred[list[KeyRecord]] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def answer(self) -> None:
+        d = self.pending.pop(0)
+        d.callback(list(self.recs.values()))
+
+
+def test_poke_rereads_at_once_and_coalesces_and_put_notifies():
+    clock = Clock()
+    store = SlowStore([rec("key_a", 10)])
+    cache = KeyCache(store, clock, interval=0.5)
+    store.recs = {"key_a": rec("key_a", 10)}
+    run_load = Deferred.fromCoroutine(cache.load())
+    assert run_load.called
+    told: list[KeyRecord] = []
+    cache.notify = told.append
+    cache.poke()  # another instance revoked key_a
+    store.recs["key_a"] = rec("key_a", 11, revoked_at=11)
+    cache.poke()
+    cache.poke()  # two more pokes while the first read runs: one more read, not two
+    assert len(store.pending) == 1
+    store.answer()
+    assert cache.get("key_a").revoked_at == 11
+    assert len(store.pending) == 1, "one more read for the pokes that came meanwhile"
+    store.answer()
+    assert store.pending == []
+    assert told == [], "what was read from the store is not published again"
+    cache.put(rec("key_b", 12))
+    assert [r.id for r in told] == ["key_b"], "a change made here is published"
+    assert told and cache.get("key_b") is not None

@@ -1,0 +1,1 @@
+`bench/run.sh`: a benchmark against nginx directly, LiteLLM and Portkey on the same machine, and a faster hot path (chat-like POSTs bypass Klein's routing, twisted.web's form parsing is off, upstream calls use a bare Agent with cached headers, LF-only SSE is split without a per-line loop, log lines are flushed in batches).
