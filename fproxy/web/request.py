@@ -58,7 +58,9 @@ class LimitedRequest(Request):
         site: FproxySite = self.channel.site  # type: ignore[union-attr, assignment]
         self._site = site
         self.started = site.clock.seconds()
-        self.request_id = "req_" + binascii.hexlify(os.urandom(12)).decode()
+        # time first, then randomness: ids sort by arrival, and the ledger's primary-key index
+        # grows at its end instead of at random pages (cheaper inserts)
+        self.request_id = f"req_{int(self.started * 1_000_000):014x}{binascii.hexlify(os.urandom(6)).decode()}"
         self.setHeader(b"x-request-id", self.request_id.encode())
         if site.debug_pid is not None:
             self.setHeader(b"x-fproxy-pid", site.debug_pid)
