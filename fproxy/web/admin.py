@@ -17,15 +17,15 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from fproxy.codecs.registry import inbound_codec
 from fproxy.ir.errors import GatewayError
 from fproxy.metrics import CONTENT_TYPE
 from fproxy.store.base import KeyRecord, UsageQuery
 from fproxy.store.keys import key_hash, key_prefix, new_key, new_key_id
 from fproxy.timeutil import parse_time, rfc3339
 from fproxy.web.request import error_bytes
+from fproxy.web.errors import install_error_handlers
+
 
 log = Logger()
 
@@ -321,33 +321,9 @@ class AdminAPI:
     def metrics_content_type() -> bytes:
         return CONTENT_TYPE.encode()
 
-    # ------------------------------------------------------------ errors
-    @app.handle_errors(GatewayError)
-    def gateway_error(self, request: IRequest, failure: Any) -> bytes:
-        return self._error(request, failure.value)
 
-    @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Any) -> bytes:
-        return self._error(request, GatewayError(404, f"No route {request.path.decode('utf-8', 'replace')}",
-                                                 code="not_found"))
 
-    @app.handle_errors(MethodNotAllowed)
-    def not_allowed(self, request: IRequest, failure: Any) -> bytes:
-        return self._error(request, GatewayError(405, f"Method {request.method.decode()} is not allowed here",
-                                                 code="method_not_allowed"))
-
-    @app.handle_errors(Exception)
-    def unexpected(self, request: IRequest, failure: Any) -> bytes:
-        log.failure("unexpected error serving {path}", failure, path=request.path,
-                    request_id=getattr(request, "request_id", None))
-        return self._error(request, GatewayError(500, "Internal error in the gateway; see its log.",
-                                                 code="internal_error"))
-
-    @staticmethod
-    def _error(request: IRequest, err: GatewayError) -> bytes:
-        request.setResponseCode(err.status)
-        request.setHeader(b"content-type", b"application/json")
-        return orjson.dumps(inbound_codec("openai-chat").error_body(err))
+install_error_handlers(AdminAPI.app)
 
 
 class QuietSite(Site):

@@ -9,15 +9,13 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from fproxy import __version__
-from fproxy.codecs.registry import inbound_codec
 from fproxy.gateway import Call, Gateway, set_overhead
 from fproxy.ir.errors import GatewayError
 from fproxy.web import multipart
 from fproxy.web.auth import Authenticator
-from fproxy.web.request import error_dialect
+from fproxy.web.errors import install_error_handlers, render_error, render_unexpected
 
 log = Logger()
 
@@ -102,9 +100,9 @@ class PublicAPI:
                     log.failure("error after the answer was sent ({path})", f, path=request.path)
                 return
             if f.check(GatewayError):
-                body = self._error(request, f.value)
+                body = render_error(request, f.value, self.clock)
             else:
-                body = self.unexpected(request, f)
+                body = render_unexpected(request, f, self.clock)
             request.write(body)
             request.finish()
 
@@ -224,40 +222,9 @@ class PublicAPI:
         request.setHeader(b"content-type", b"application/json")
         return orjson.dumps({"name": "fproxy", "version": __version__})
 
-    # ------------------------------------------------------------ errors
-    @app.handle_errors(GatewayError)
-    def gateway_error(self, request: IRequest, failure: Any) -> bytes:
-        err: GatewayError = failure.value
-        return self._error(request, err)
 
-    @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Any) -> bytes:
-        return self._error(request, GatewayError(404, f"No route {request.path.decode('utf-8', 'replace')}",
-                                                 code="not_found"))
 
-    @app.handle_errors(MethodNotAllowed)
-    def not_allowed(self, request: IRequest, failure: Any) -> bytes:
-        return self._error(request, GatewayError(405, f"Method {request.method.decode()} is not allowed here",
-                                                 code="method_not_allowed"))
-
-    @app.handle_errors(Exception)
-    def unexpected(self, request: IRequest, failure: Any) -> bytes:
-        log.failure("unexpected error serving {path}", failure, path=request.path, request_id=request.request_id)
-        return self._error(request, GatewayError(500, "Internal error in the gateway; see its log for "
-                                                 f"request {request.request_id}.", code="internal_error"))
-
-    def _error(self, request: IRequest, err: GatewayError) -> bytes:
-        request.setResponseCode(err.status)
-        request.setHeader(b"content-type", b"application/json")
-        if err.retry_after is not None and err.status in (429, 503):
-            request.setHeader(b"retry-after", str(max(1, int(err.retry_after + 0.999))).encode())
-        call = getattr(request, "call", None)
-        if call is not None:
-            set_overhead(request, call, self.clock.seconds())
-        else:
-            request.setHeader(b"x-fproxy-overhead-ms",
-                              f"{(self.clock.seconds() - request.started) * 1000:.2f}".encode())
-        return orjson.dumps(inbound_codec(error_dialect(request.path)).error_body(err))
+install_error_handlers(PublicAPI.app)
 
 
 def _openai_model(i: str, limits: dict[str, int] | None = None) -> dict[str, Any]:
