@@ -38,7 +38,7 @@ class Dialect:
         return sql if self.param == "?" else sql.replace("?", self.param)
 
 
-SQLITE = Dialect("sqlite", "?")
+SQLITE = Dialect("sqlite", "?", lock="BEGIN IMMEDIATE")  # serialises first-start migrations of --workers
 
 
 def _migrations(d: Dialect) -> list[tuple[int, list[str]]]:
