@@ -6,6 +6,8 @@ drain (in-flight calls finish), key cache, usage writer (last records flushed), 
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from twisted.application import strports
@@ -103,6 +105,12 @@ class SettleService(Service):
         await deferLater(self._clock, 0, lambda: None)
 
 
+def _exit_failed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 class GatewayService(MultiService):
     """The whole gateway.  ``ready`` fires once the store is open and the key cache loaded."""
 
@@ -197,6 +205,10 @@ class GatewayService(MultiService):
             self.ready.errback(failure)
             self.ready.addErrback(lambda _: None)  # reported just above
         if self.parent is not None and self.running:  # under twistd: a gateway without its store must not run
+            sys.stderr.write(f"fproxy: cannot open the store {self.config.store.url.split('://')[0]}: "
+                             f"{failure.getErrorMessage()}\n")
+            # twistd exits 0 after reactor.stop(); a supervisor must see a failure (and restart it)
+            self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
             self.reactor.stop()
 
     def stopService(self) -> Deferred[None]:
