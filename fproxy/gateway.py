@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import orjson
 from attrs import define, field
 from twisted.internet.defer import CancelledError
@@ -18,6 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest, IResponse
 
 from fproxy.codecs import passthrough
+from fproxy.codecs.collect import collect_events
 from fproxy.codecs.registry import inbound_codec, outbound_codec
 from fproxy.codecs.sse import SSEDecoder
 from fproxy.config import Config, Target
@@ -163,8 +165,6 @@ class Gateway:
         if provider.config.system_prefix:
             changes["system"] = tuple(TextPart(s) for s in provider.config.system_prefix) + req.system
         if changes:
-            import attrs
-
             req = attrs.evolve(req, **changes)
         body = outbound_codec(upstream_dialect).encode_request(req, endpoint.model)
         return passthrough.strip(body, provider.config, upstream_dialect)
@@ -406,8 +406,6 @@ def set_overhead(request: IRequest, call: Call, now: float) -> None:
 
 def _collect_stream(raw: bytes, dialect: str) -> Any:
     """A whole SSE body (an upstream that only streams) -> one canonical response."""
-    from fproxy.codecs.collect import collect_events
-
     dec = outbound_codec(dialect).stream_decoder()
     events = []
     for sse in SSEDecoder().feed(raw + b"\n\n"):

@@ -34,27 +34,30 @@ def prepare(dialect: str, body: dict[str, Any], model: str, provider: ProviderCo
         so = out.get("stream_options")
         out["stream_options"] = {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
     if provider.system_prefix:
-        _prefix_system(dialect, out, "\n".join(provider.system_prefix))
+        _prefix_system(dialect, out, provider.system_prefix)
     if dialect == "openai-chat" and provider.max_tokens_field == "max_completion_tokens" \
             and "max_tokens" in out and "max_completion_tokens" not in out:
         out["max_completion_tokens"] = out.pop("max_tokens")
     return strip(out, provider, dialect)
 
 
-def _prefix_system(dialect: str, body: dict[str, Any], prefix: str) -> None:
+def _prefix_system(dialect: str, body: dict[str, Any], lines: tuple[str, ...]) -> None:
+    """Each ``system_prefix`` line is its own system message / block before the client's (as on the
+    translated path); a Responses upstream gets them joined with blank lines ahead of ``instructions``."""
     if dialect == "openai-chat":
-        body["messages"] = [{"role": "system", "content": prefix}] + list(body.get("messages") or [])
+        body["messages"] = [{"role": "system", "content": line} for line in lines] + list(body.get("messages") or [])
     elif dialect == "anthropic":
         system = body.get("system")
+        blocks = [{"type": "text", "text": line} for line in lines]
         if isinstance(system, list):
-            body["system"] = [{"type": "text", "text": prefix}] + system
+            body["system"] = blocks + system
         elif isinstance(system, str) and system:
-            body["system"] = prefix + "\n" + system
+            body["system"] = blocks + [{"type": "text", "text": system}]
         else:
-            body["system"] = prefix
+            body["system"] = blocks
     elif dialect == "openai-responses":
         ins = body.get("instructions")
-        body["instructions"] = prefix + ("\n" + ins if isinstance(ins, str) and ins else "")
+        body["instructions"] = "\n\n".join(list(lines) + ([ins] if isinstance(ins, str) and ins else []))
 
 
 #: what ``strip_params = "auto"`` removes per upstream dialect (fields such upstreams refuse)
@@ -73,13 +76,18 @@ def strip(body: dict[str, Any], provider: ProviderConfig, dialect: str) -> dict[
 
 
 def usage_of(dialect: str, obj: dict[str, Any]) -> Usage | None:
+    """The usage of a whole (non-streamed) answer, read with the dialect codec's own converter."""
     u = obj.get("usage")
     if not isinstance(u, dict):
         return None
-    if dialect == "openai-chat":
-        from fproxy.codecs.openai_chat import usage_from_json
+    if dialect == "anthropic":
+        from fproxy.codecs.anthropic import usage_from_anthropic
 
-        return usage_from_json(u)
-    from fproxy.streaming.transcode import anthropic_usage, responses_usage
+        return usage_from_anthropic(u)
+    if dialect == "openai-responses":
+        from fproxy.codecs.openai_responses import usage_from_json as responses_usage
 
-    return anthropic_usage(u) if dialect == "anthropic" else responses_usage(u)
+        return responses_usage(u)
+    from fproxy.codecs.openai_chat import usage_from_json
+
+    return usage_from_json(u)

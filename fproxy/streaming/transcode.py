@@ -13,7 +13,9 @@ import orjson
 from attrs import define
 
 from fproxy.codecs.base import StreamDecoder, StreamEncoder
+from fproxy.codecs.anthropic import usage_from_anthropic
 from fproxy.codecs.openai_chat import usage_from_json
+from fproxy.codecs.openai_responses import usage_from_json as responses_usage_from_json
 from fproxy.codecs.sse import SSEDecoder, SSEEvent
 from fproxy.ir import events as ev
 from fproxy.ir.errors import GatewayError
@@ -146,7 +148,7 @@ class PassthroughTranscoder:
                 return True
             u = obj.get("message", {}).get("usage") if name == "message_start" else obj.get("usage")
             if isinstance(u, dict):
-                self.meter.add_usage(anthropic_usage(u))
+                self.meter.add_usage(usage_from_anthropic(u))
             if name == "message_delta":
                 self.meter.finish = (obj.get("delta") or {}).get("stop_reason")
         elif name == "content_block_delta":
@@ -168,7 +170,7 @@ class PassthroughTranscoder:
                 return True
             u = (obj.get("response") or {}).get("usage")
             if isinstance(u, dict):
-                self.meter.add_usage(responses_usage(u))
+                self.meter.add_usage(responses_usage_from_json(u))
             if name == "response.failed":
                 self.meter.error = GatewayError(502, "the upstream response failed")
         elif name == "error":
@@ -190,25 +192,3 @@ class PassthroughTranscoder:
 
     def keepalive(self) -> bytes:
         return self._encoder.keepalive()
-
-
-def anthropic_usage(u: dict) -> Usage:
-    """Anthropic usage (input excludes cache) -> canonical (prompt includes it)."""
-    def n(k: str) -> int:
-        v = u.get(k)
-        return v if isinstance(v, int) else 0
-
-    cr, cw = n("cache_read_input_tokens"), n("cache_creation_input_tokens")
-    inp = n("input_tokens")
-    return Usage(prompt_tokens=inp + cr + cw if (inp or cr or cw) else 0, completion_tokens=n("output_tokens"),
-                 cache_read_tokens=cr, cache_write_tokens=cw)
-
-
-def responses_usage(u: dict) -> Usage:
-    itd = u.get("input_tokens_details") or {}
-    otd = u.get("output_tokens_details") or {}
-    return Usage(
-        prompt_tokens=int(u.get("input_tokens") or 0), completion_tokens=int(u.get("output_tokens") or 0),
-        cache_read_tokens=int(itd.get("cached_tokens") or 0) if isinstance(itd, dict) else 0,
-        reasoning_tokens=int(otd.get("reasoning_tokens") or 0) if isinstance(otd, dict) else 0,
-    )

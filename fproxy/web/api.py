@@ -107,6 +107,7 @@ class PublicAPI:
             request.finish()
 
         d.addCallbacks(done, failed)
+        d.addErrback(lambda f: log.failure("answering {path} failed", f, path=request.path))
         return NOT_DONE_YET
 
     # ------------------------------------------------------------ chat-like routes
