@@ -20,9 +20,11 @@ MEMORY = ":memory:"
 def _prepare(conn: Any) -> None:
     """Per-connection settings (runs in the pool thread, once)."""
     cur = conn.cursor()
+    # the busy timeout first: switching a fresh file to WAL takes a lock that another worker
+    # starting at the same moment may hold
+    cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
 
 

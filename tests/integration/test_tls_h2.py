@@ -57,6 +57,20 @@ def _ssl_listen(cert: Path, key: Path) -> str:
             f":certKey={quoteStringArgument(str(cert))}")
 
 
+def wait_workers_serving(base: str, cafile: Path, timeout: float = 15.0) -> None:
+    """The parent prints its port once it has bound it; the workers adopt it a moment later."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(base + "/health", verify=ctx, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
 def h2_stream(url: str, cafile: Path, body: dict[str, Any], sni: str | None = None,
               then_health: bool = True) -> dict[str, Any]:
     """POST a streamed chat call over HTTP/2 (in a thread); what arrived, and when.
@@ -153,6 +167,7 @@ async def test_h2_over_ssl_with_two_workers(launcher: Launcher) -> None:
             "--workers", "2", "--listen", _ssl_listen(cert, key)]
     gw = launcher.spawn(args)
     await gw.listening(10)
+    await threads.deferToThread(wait_workers_serving, f"https://127.0.0.1:{gw.port}", cert)
     got = await threads.deferToThread(h2_stream, f"https://127.0.0.1:{gw.port}/v1/chat/completions", cert,
                                       chat_body(stream=True))
     _assert_streamed_over_h2(got)
