@@ -5,7 +5,7 @@ from typing import Any
 
 from attrs import define
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -16,24 +16,26 @@ from twisted.web.client import (
     PotentialDataLoss,
     ResponseDone,
 )
-from twisted.web.iweb import IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
 from fproxy.ir.errors import GatewayError
+from fproxy.providers.wire import UpstreamPool
 
 
 @define
 class UpstreamClient:
-    """``agent`` carries the hot path (a bare Agent: treq's cookie and decoder layers and its URL
-    re-parsing cost ~15 % of a passthrough call, measured in bench/RESULTS.md); ``http`` (treq
-    over the same pool) serves the rare side calls such as OAuth refreshes."""
+    """``wire`` carries the model calls (`fproxy.providers.wire`: Agent's per-request machinery
+    was a quarter of a passthrough call's CPU, measured in bench/RESULTS.md); ``http`` (treq over
+    Twisted's own pool) serves the rare side calls such as OAuth refreshes."""
 
     http: HTTPClient
     pool: HTTPConnectionPool
     agent: Agent
+    wire: UpstreamPool
 
     def close(self) -> Deferred[None]:
-        return self.pool.closeCachedConnections()
+        return gatherResults([self.pool.closeCachedConnections(), self.wire.closeCachedConnections()]
+                             ).addCallback(lambda _: None)
 
 
 def make_client(reactor: Any, connect_timeout: float, max_connections: int = 64,
@@ -54,7 +56,8 @@ def make_client(reactor: Any, connect_timeout: float, max_connections: int = 64,
 
         policy = _Policy()
     agent = Agent(reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=pool)
-    return UpstreamClient(HTTPClient(agent), pool, agent)
+    wire = UpstreamPool(reactor, policy, connect_timeout, max_idle=max_connections)
+    return UpstreamClient(HTTPClient(agent), pool, agent, wire)
 
 
 def trust_root(ca_file: str) -> Any:
@@ -84,30 +87,6 @@ def trust_root(ca_file: str) -> Any:
     if not certs:
         raise ConfigError(f'ca_file: "{ca_file}" holds no PEM certificate')
     return trustRootFromCertificates(certs)
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A request body already in memory: written at once, its length known (no chunking)."""
-
-    __slots__ = ("_body", "length")
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Collector(Protocol):

@@ -27,7 +27,7 @@ from fproxy.providers.credentials import (
     chatgpt_account_id,
     looks_like_source,
 )
-from fproxy.providers.http import BytesProducer, UpstreamClient, make_client
+from fproxy.providers.http import UpstreamClient, make_client
 from fproxy.providers.keypool import KeyPool, KeyState
 from fproxy.providers.presets import AUTO_STRIP, AZURE_API_VERSION
 
@@ -238,8 +238,8 @@ class Provider:
             return mock.respond(self.clock, parsed, endpoint.model, self.config.mock_reply, self.config.mock_delay,
                                 "chatcmpl-mock" + request_id[-12:])  # type: ignore[return-value]
         t = self.config.timeouts
-        d: Deferred[IResponse] = self.client.agent.request(
-            b"POST", endpoint.url, self._cached_headers(endpoint, key, client_headers), BytesProducer(body))
+        d: Deferred[IResponse] = self.client.wire.request(
+            b"POST", endpoint.url, self._cached_headers(endpoint, key, client_headers), body)
         timed_out: list[bool] = []
 
         def on_deadline() -> None:
