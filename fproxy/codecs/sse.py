@@ -92,6 +92,48 @@ class SSEDecoder:
             raise SSETooLarge(f"an SSE event exceeded {MAX_EVENT_BYTES} bytes")
         return out
 
+    def feed_relay(self, chunk: bytes, markers: tuple[bytes, ...],
+                   data_lines: bool) -> tuple[bytes, int, list[SSEEvent]]:
+        """For a relay that reads only some events: ``(prefix, n, events)``.
+
+        ``prefix`` is the longest run of whole events at the start of the input that holds none
+        of ``markers`` (LF-only input; with ``data_lines``, one ``data:`` line per event, so
+        ``n`` counts them exactly): the caller relays those bytes as they are, unparsed.  The
+        rest goes through `feed` and comes back as ``events``.  Together they are the input.
+        """
+        if self._raw or self._pending_cr or not chunk:
+            return b"", 0, self.feed(chunk)
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._started:
+            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
+                self._buf = buf
+                return b"", 0, []
+            self._started = True
+            if buf.startswith(b"\xef\xbb\xbf"):
+                buf = buf[3:]
+        last = buf.rfind(b"\n\n")
+        if last < 0 or b"\r" in buf:
+            self._buf = b""
+            return b"", 0, self.feed(buf)
+        stop = last + 2
+        for m in markers:
+            p = buf.find(m, 0, stop)
+            if p >= 0:
+                cut = buf.rfind(b"\n\n", 0, p)
+                stop = cut + 2 if cut >= 0 else 0
+        n = 0
+        if stop:
+            n = buf.count(b"\n\n", 0, stop)
+            if data_lines:
+                if buf[:5] != b"data:" or buf.count(b"\n\ndata:", 0, stop) != n - 1 \
+                        or buf.count(b"\n", 0, stop) != 2 * n:
+                    stop, n = 0, 0
+            elif buf[:1] == b":" or buf.find(b"\n:", 0, stop) >= 0:
+                stop, n = 0, 0  # comments: the per-event path drops them
+        self._buf = b""
+        rest = buf[stop:] if stop else buf
+        return buf[:stop], n, self.feed(rest) if rest else []
+
     def _fast(self, buf: bytes, out: list[SSEEvent]) -> int:
         """LF-only input at an event boundary (what every LLM API sends): split on blank lines.
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import orjson
 from attrs import define
 
-from fproxy.codecs.base import StreamDecoder, StreamEncoder
 from fproxy.codecs.anthropic import usage_from_anthropic
+from fproxy.codecs.base import StreamDecoder, StreamEncoder
 from fproxy.codecs.openai_chat import usage_from_json
 from fproxy.codecs.openai_responses import usage_from_json as responses_usage_from_json
 from fproxy.codecs.sse import SSEDecoder, SSEEvent
@@ -94,6 +94,17 @@ class TranslatingTranscoder:
         return self._encoder.keepalive()
 
 
+#: per dialect: the bytes that make an event worth parsing in passthrough (usage, the end, an
+#: error), and the one that shows a token (chat counts events instead: its second is the first token)
+_RELAY_MARKERS: dict[str, tuple[tuple[bytes, ...], bytes]] = {
+    "openai-chat": ((b'"usage":{', b'"usage": {', b"[DONE]", b'{"error"'), b""),
+    "anthropic": ((b"message_start", b"message_delta", b"message_stop", b"event: error", b"event:error"),
+                  b"content_block_delta"),
+    "openai-responses": ((b"response.completed", b"response.incomplete", b"response.failed", b"event: error",
+                          b"event:error"), b".delta"),
+}
+
+
 class PassthroughTranscoder:
     """Same dialect both sides: relay raw event bytes; read usage; hide what the client did not ask for."""
 
@@ -106,13 +117,28 @@ class PassthroughTranscoder:
         self._inspect = {
             "openai-chat": self._chat, "anthropic": self._anthropic, "openai-responses": self._responses,
         }[dialect]
+        self._markers, self._token_marker = _RELAY_MARKERS[dialect]
+        self._data_lines = dialect == "openai-chat"
         self._events = 0
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Events that carry nothing we read are relayed as one run of bytes, unparsed; the
+        rest (usage, the end, errors, the first token) go through `_inspect`."""
+        if self.terminal:
+            return []
+        prefix, n, events = self._sse.feed_relay(data, self._markers, self._data_lines)
         out = []
-        for sse in self._sse.feed(data):
+        if prefix:
+            out.append(prefix)
+            if self._data_lines:
+                before, self._events = self._events, self._events + n
+                if before < 2 <= self._events:
+                    self.meter.token()
+            elif self._token_marker in prefix:
+                self.meter.token()
+        for sse in events:
             if self.terminal:
-                continue
+                break
             if self._inspect(sse):
                 out.append(sse.raw)
         return out
