@@ -92,47 +92,53 @@ class SSEDecoder:
             raise SSETooLarge(f"an SSE event exceeded {MAX_EVENT_BYTES} bytes")
         return out
 
-    def feed_relay(self, chunk: bytes, markers: tuple[bytes, ...],
-                   data_lines: bool) -> tuple[bytes, int, list[SSEEvent]]:
-        """For a relay that reads only some events: ``(prefix, n, events)``.
+    def feed_relay(self, chunk: bytes, markers: tuple[bytes, ...], data_lines: bool) -> list[bytes | SSEEvent]:
+        """For a relay that reads only some events: runs of raw bytes and parsed events, in order.
 
-        ``prefix`` is the longest run of whole events at the start of the input that holds none
-        of ``markers`` (LF-only input; with ``data_lines``, one ``data:`` line per event, so
-        ``n`` counts them exactly): the caller relays those bytes as they are, unparsed.  The
-        rest goes through `feed` and comes back as ``events``.  Together they are the input.
+        A ``bytes`` item is a run of whole events holding none of ``markers`` (LF-only input, no
+        comments; with ``data_lines``, exactly one ``data:`` line per event): the caller relays
+        it as it is, unparsed.  Every other event comes back parsed, as `feed` gives it.
         """
         if self._raw or self._pending_cr or not chunk:
-            return b"", 0, self.feed(chunk)
+            return list(self.feed(chunk))
         buf = self._buf + chunk if self._buf else chunk
         if not self._started:
             if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
                 self._buf = buf
-                return b"", 0, []
+                return []
             self._started = True
             if buf.startswith(b"\xef\xbb\xbf"):
                 buf = buf[3:]
+        self._buf = b""
         last = buf.rfind(b"\n\n")
         if last < 0 or b"\r" in buf:
-            self._buf = b""
-            return b"", 0, self.feed(buf)
-        stop = last + 2
-        for m in markers:
-            p = buf.find(m, 0, stop)
-            if p >= 0:
-                cut = buf.rfind(b"\n\n", 0, p)
-                stop = cut + 2 if cut >= 0 else 0
-        n = 0
-        if stop:
-            n = buf.count(b"\n\n", 0, stop)
-            if data_lines:
-                if buf[:5] != b"data:" or buf.count(b"\n\ndata:", 0, stop) != n - 1 \
-                        or buf.count(b"\n", 0, stop) != 2 * n:
-                    stop, n = 0, 0
-            elif buf[:1] == b":" or buf.find(b"\n:", 0, stop) >= 0:
-                stop, n = 0, 0  # comments: the per-event path drops them
-        self._buf = b""
-        rest = buf[stop:] if stop else buf
-        return buf[:stop], n, self.feed(rest) if rest else []
+            return list(self.feed(buf))
+        end = last + 2
+        out: list[bytes | SSEEvent] = []
+        # where each marker next occurs (-1: not before `end`); each is searched for once per pass
+        nxt = {m: buf.find(m, 0, end) for m in markers + _COMMENT}
+        pos = 0
+        while pos < end:
+            stop = end
+            for m, p in nxt.items():
+                if 0 <= p < pos:
+                    p = nxt[m] = buf.find(m, pos, end)
+                if 0 <= p < stop:
+                    cut = buf.rfind(b"\n\n", pos, p + 1)
+                    stop = cut + 2 if cut >= 0 else pos
+            if stop > pos:
+                if _plain_run(buf, pos, stop, data_lines):
+                    out.append(buf[pos:stop])
+                else:
+                    out.extend(self.feed(buf[pos:stop]))
+                pos = stop
+            if pos < end:  # the event holding a marker
+                stop = buf.find(b"\n\n", pos) + 2
+                out.extend(self.feed(buf[pos:stop]))
+                pos = stop
+        if end < len(buf):
+            out.extend(self.feed(buf[end:]))
+        return out
 
     def _fast(self, buf: bytes, out: list[SSEEvent]) -> int:
         """LF-only input at an event boundary (what every LLM API sends): split on blank lines.
@@ -184,6 +190,18 @@ class SSEDecoder:
         elif name == "id":
             if "\x00" not in value:
                 self._id = value
+
+
+_COMMENT = (b"\n:",)  # a comment line: its event is parsed (and dropped) on its own
+
+
+def _plain_run(buf: bytes, start: int, stop: int, data_lines: bool) -> bool:
+    """Whether ``buf[start:stop]`` (whole LF-only events) may be relayed without parsing."""
+    if data_lines:
+        n = buf.count(b"\n\n", start, stop)
+        return buf.startswith(b"data:", start) and buf.count(b"\n\ndata:", start, stop) == n - 1 \
+            and buf.count(b"\n", start, stop) == 2 * n
+    return buf[start:start + 1] != b":" and buf.find(b"\n:", start, stop) < 0  # comments: parsed (dropped)
 
 
 def encode_event(data: bytes | str, event: str | None = None) -> bytes:

@@ -119,28 +119,28 @@ class PassthroughTranscoder:
         }[dialect]
         self._markers, self._token_marker = _RELAY_MARKERS[dialect]
         self._data_lines = dialect == "openai-chat"
+        self._token_seen = False
         self._events = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """Events that carry nothing we read are relayed as one run of bytes, unparsed; the
         rest (usage, the end, errors, the first token) go through `_inspect`."""
-        if self.terminal:
-            return []
-        prefix, n, events = self._sse.feed_relay(data, self._markers, self._data_lines)
-        out = []
-        if prefix:
-            out.append(prefix)
-            if self._data_lines:
-                before, self._events = self._events, self._events + n
-                if before < 2 <= self._events:
-                    self.meter.token()
-            elif self._token_marker in prefix:
-                self.meter.token()
-        for sse in events:
+        out: list[bytes] = []
+        for item in self._sse.feed_relay(data, self._markers, self._data_lines):
             if self.terminal:
                 break
-            if self._inspect(sse):
-                out.append(sse.raw)
+            if type(item) is bytes:
+                out.append(item)
+                if self._data_lines:
+                    before = self._events
+                    self._events += item.count(b"\n\n")
+                    if before < 2 <= self._events:
+                        self.meter.token()
+                elif not self._token_seen and self._token_marker in item:
+                    self._token_seen = True
+                    self.meter.token()
+            elif self._inspect(item):  # type: ignore[arg-type]
+                out.append(item.raw)  # type: ignore[union-attr]
         return out
 
     def _chat(self, sse: SSEEvent) -> bool:

@@ -93,3 +93,15 @@ def test_plain_events_are_relayed_in_one_piece() -> None:
     t = PassthroughTranscoder("openai-chat", encoder, meter, True)
     head = CHAT[:CHAT.index(b": a comment")]
     assert t.feed(head + b"data: {\"partial") == [head]
+
+
+def test_only_marked_events_are_parsed() -> None:
+    from fproxy.codecs.sse import SSEDecoder, SSEEvent
+
+    items = SSEDecoder().feed_relay(ANTHROPIC, PassthroughTranscoder("anthropic", None, StreamMeter())._markers,
+                                    False)  # type: ignore[arg-type]
+    parsed = [i.event for i in items if isinstance(i, SSEEvent)]
+    # the three marked events; the comment is parsed alone (and dropped)
+    assert parsed == ["message_start", "message_delta", "message_stop"]
+    runs = [i for i in items if isinstance(i, bytes)]
+    assert len(runs) == 2 and runs[0].endswith(b'"ping"}\n\n') and runs[1].count(b"event: content_block_delta") == 6
