@@ -88,6 +88,7 @@ class Metrics:
     def __init__(self, providers: dict[str, Any], known_model: Callable[[str], bool],
                  in_flight: Callable[[], tuple[int, int]]) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._providers = providers
         self._known = known_model
         self.requests = Counter("fproxy_requests", "Model calls finished, by client route, model asked for, "
@@ -106,18 +107,29 @@ class Metrics:
     def model_label(self, model: str | None) -> str:
         return model if model and self._known(model) else "-"
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus-client locks and validates on every call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 10_000:  # label sets are bounded by config, but stay safe
+                self._children.clear()
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, call: Any, rec: UsageRecord, route: str) -> None:
         """One finished call (from the on_finished hook)."""
         model = self.model_label(rec.route_model)
         provider = rec.provider or "-"
-        self.requests.labels(route, model, provider, str(rec.status)).inc()
-        self.duration.labels(route, model, provider).observe(rec.latency_ms / 1000.0)
+        child = self._child
+        child(self.requests, route, model, provider, str(rec.status)).inc()
+        child(self.duration, route, model, provider).observe(rec.latency_ms / 1000.0)
         if rec.ttft_ms is not None:
-            self.ttft.labels(model, provider).observe(rec.ttft_ms / 1000.0)
+            child(self.ttft, model, provider).observe(rec.ttft_ms / 1000.0)
         for kind, n in (("prompt", rec.prompt_tokens), ("completion", rec.completion_tokens),
                         ("reasoning", rec.reasoning_tokens), ("cached", rec.cached_tokens)):
             if n:
-                self.tokens.labels(kind).inc(n)
+                child(self.tokens, kind).inc(n)
         for prov, status in upstream_failures(list(call.attempts), self._providers):
             self.upstream_errors.labels(prov, status).inc()
         if rec.outcome == "error" and rec.provider and call.stream and rec.status == 200:

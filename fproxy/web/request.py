@@ -1,8 +1,7 @@
 """`LimitedRequest`: body cap, request id, CORS and the per-request log line, before any route runs."""
 from __future__ import annotations
 
-import binascii
-import os
+import random
 from typing import Any
 
 import orjson
@@ -12,6 +11,10 @@ from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.server import Request, Site
 
 log = Logger(namespace="fproxy.access")
+
+#: request ids need uniqueness, not secrecy: a generator seeded from os.urandom once per
+#: process, not a getrandom() system call per request
+_ids = random.Random()
 
 
 def error_dialect(path: bytes) -> str:
@@ -60,7 +63,7 @@ class LimitedRequest(Request):
         self.started = site.clock.seconds()
         # time first, then randomness: ids sort by arrival, and the ledger's primary-key index
         # grows at its end instead of at random pages (cheaper inserts)
-        self.request_id = f"req_{int(self.started * 1_000_000):014x}{binascii.hexlify(os.urandom(6)).decode()}"
+        self.request_id = f"req_{int(self.started * 1_000_000):014x}{_ids.getrandbits(48):012x}"
         self.setHeader(b"x-request-id", self.request_id.encode())
         if site.debug_pid is not None:
             self.setHeader(b"x-fproxy-pid", site.debug_pid)
@@ -101,13 +104,18 @@ class LimitedRequest(Request):
         call = self.call
         if self.pipe is not None and call is not None and call.outcome == "streaming":
             call.outcome = self.pipe.outcome  # the gateway settles it a moment after finish()
+        method = self.method.decode("ascii", "replace") if self.method else "-"
+        path = self.path.decode("utf-8", "replace") if self.path else "-"
+        model, provider = getattr(call, "model", None), getattr(call, "provider", None)
+        outcome = getattr(call, "outcome", None)
+        # the line is built here (an f-string) and logged as one field: the observers' formatter
+        # (string.Formatter, in Python) costs several times more per field than the line itself
         log.info(
-            "{method} {path} {status} {ms:.1f}ms model={model} provider={provider} outcome={outcome}",
-            method=self.method.decode("ascii", "replace") if self.method else "-",
-            path=self.path.decode("utf-8", "replace") if self.path else "-",
-            status=self.code, ms=elapsed, request_id=self.request_id,
-            model=getattr(call, "model", None), provider=getattr(call, "provider", None),
-            outcome=getattr(call, "outcome", None), key=getattr(getattr(call, "principal", None), "id", None),
+            "{access}",
+            access=f"{method} {path} {self.code} {elapsed:.1f}ms model={model} provider={provider} outcome={outcome}",
+            method=method, path=path, status=self.code, ms=elapsed, request_id=self.request_id,
+            model=model, provider=provider, outcome=outcome,
+            key=getattr(getattr(call, "principal", None), "id", None),
             attempts=",".join(getattr(call, "attempts", []) or []) or None,
         )
         if site is not None:
@@ -142,8 +150,19 @@ class TrackedChannel(_GenericHTTPChannelProtocol):  # type: ignore[misc]
                 site.connection_gone(self)
 
 
+class _Channel(HTTPChannel):
+    """twisted.web asks every request for the connection's local address: asked once here."""
+
+    _host: Any = None
+
+    def getHost(self) -> Any:  # noqa: N802 - HTTPChannel's name
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
+
+
 def _tracked_channel(factory: Any) -> TrackedChannel:
-    return TrackedChannel(HTTPChannel())
+    return TrackedChannel(_Channel())
 
 
 class FproxySite(Site):
