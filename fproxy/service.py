@@ -147,6 +147,7 @@ class GatewayService(MultiService):
         self.root = Root(self.api.resource(), self.admin.resource(), fast=self.api)
         self.site = FproxySite(self.root, reactor, config.server.max_request_bytes, config.server.cors_origins)
         self.site.active = self.active
+        self.site.fast_paths = frozenset(PublicAPI.FAST_ROUTES)
         self.drain.site = self.site
         self.shared = wire_shared_state(self)  # redis://: key changes and upstream keys in step across instances
         self.listen = listen

@@ -5,7 +5,7 @@ from typing import Any
 
 from attrs import define
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -90,50 +90,63 @@ def trust_root(ca_file: str) -> Any:
 
 
 class _Collector(Protocol):
-    def __init__(self, limit: int, done: Deferred[bytes]) -> None:
+    """Collects a body up to ``limit`` bytes into ``done``; its own timer bounds the wait."""
+
+    def __init__(self, limit: int) -> None:
         self._parts: list[bytes] = []
         self._size = 0
         self._limit = limit
-        self._done = done
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+        self.timer: Any = None
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._done.called:
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.done.called:
             return
         self._size += len(data)
         if self._size > self._limit:
             self.transport.stopProducing()
-            self._done.errback(GatewayError(502, f"the upstream answer exceeded {self._limit} bytes"))
+            self._settle(GatewayError(502, f"the upstream answer exceeded {self._limit} bytes"))
             return
         self._parts.append(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._done.called:
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # noqa: N802
+        if self.done.called:
             return
         if reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            self._done.callback(b"".join(self._parts))
+            self._settle(b"".join(self._parts))
         else:
-            self._done.errback(GatewayError(502, "the upstream connection dropped while sending its answer",
-                                            retryable=True))
+            self._settle(GatewayError(502, "the upstream connection dropped while sending its answer",
+                                      retryable=True))
+
+    def timed_out(self, timeout: float) -> None:
+        self.timer = None
+        if not self.done.called:
+            if self.transport is not None:
+                self.transport.stopProducing()
+            self._settle(GatewayError(504, f"the upstream answer took longer than {timeout:g}s",
+                                      code="upstream_timeout"))
+
+    def _cancel(self, d: Deferred[bytes]) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _settle(self, result: bytes | GatewayError) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if isinstance(result, GatewayError):
+            self.done.errback(result)
+        else:
+            self.done.callback(result)
 
 
 def read_body(response: IResponse, limit: int, clock: IReactorTime, timeout: float) -> Deferred[bytes]:
     """The whole body, at most ``limit`` bytes, within ``timeout``; cancelling closes the connection."""
-    holder: list[_Collector] = []
-
-    def cancel(d: Deferred[bytes]) -> None:
-        if holder and holder[0].transport is not None:
-            holder[0].transport.stopProducing()
-
-    d: Deferred[bytes] = Deferred(cancel)
-    c = _Collector(limit, d)
-    holder.append(c)
+    c = _Collector(limit)
     response.deliverBody(c)
-
-    def on_timeout(f: Failure) -> Failure:
-        if f.check(TimeoutError):
-            raise GatewayError(504, f"the upstream answer took longer than {timeout:g}s", code="upstream_timeout")
-        return f
-
-    d.addTimeout(timeout, clock)
-    d.addErrback(on_timeout)
-    return d
+    if not c.done.called:  # a small answer is often whole already: then no timer at all
+        c.timer = clock.callLater(timeout, c.timed_out, timeout)
+    return c.done

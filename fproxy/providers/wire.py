@@ -38,6 +38,12 @@ _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2
 _SIZE, _DATA, _DATA_END, _TRAILER = 0, 1, 2, 3
 
 
+#: how every body ends, made once: a Failure costs a traceback walk and class lookups to build,
+#: and the consumers only ``check()`` it
+_DONE = Failure(ResponseDone("Response body fully received"))
+_UNFRAMED_END = Failure(PotentialDataLoss())
+
+
 class ProtocolError(Exception):
     """The upstream's bytes are not HTTP/1.1 we can read."""
 
@@ -345,7 +351,7 @@ class _Connection(Protocol):
         elif not self.lost:
             self.transport.loseConnection()
         if response is not None:
-            response._finish(Failure(ResponseDone("Response body fully received")))
+            response._finish(_DONE)
 
     def _fail_head(self, err: Exception) -> None:
         pending, self._pending = self._pending, None
@@ -377,7 +383,7 @@ class _Connection(Protocol):
                 pending.d.errback(ResponseNeverReceived([reason]))
         elif response is not None:
             if self._framing == _CLOSE and reason.check(ConnectionDone):
-                response._finish(Failure(PotentialDataLoss()))
+                response._finish(_UNFRAMED_END)
             else:
                 response._finish(Failure(ResponseFailed([reason])))
         for w in waiters:

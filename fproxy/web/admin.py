@@ -23,9 +23,8 @@ from fproxy.metrics import CONTENT_TYPE
 from fproxy.store.base import KeyRecord, UsageQuery
 from fproxy.store.keys import key_hash, key_prefix, new_key, new_key_id
 from fproxy.timeutil import parse_time, rfc3339
-from fproxy.web.request import error_bytes
 from fproxy.web.errors import install_error_handlers
-
+from fproxy.web.request import error_bytes
 
 log = Logger()
 

@@ -7,8 +7,8 @@ import orjson
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 
 from fproxy import __version__
 from fproxy.gateway import Call, Gateway, set_overhead
@@ -85,7 +85,8 @@ class PublicAPI:
         Deferred plumbing cost ~15 % of a passthrough call; bench/RESULTS.md).  Same handler,
         same errors as the Klein routes below, which still serve anything else."""
         d = Deferred.fromCoroutine(self._chat(request, dialect))
-        request.notifyFinish().addErrback(lambda _: d.cancel())  # the client left: stop the call
+        if not d.called:
+            request.on_gone = d.cancel  # the client left: stop the call (LimitedRequest calls it)
 
         def done(out: bytes | None) -> None:
             if request.finished or request._disconnected:  # a stream finished the request itself
