@@ -64,6 +64,7 @@ class Call:
     error: str | None = None
     attempts: list[str] = field(factory=list)
     ir: ChatRequest | None = None
+    settle_due: bool = False  # the fast lane runs the on_finished hook after writing the answer
 
 
 SEND_HEADERS_STREAM = (

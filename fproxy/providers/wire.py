@@ -24,6 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed, ResponseNeverReceived
 
+from fproxy.netio import write_now
+
 log = Logger()
 
 MAX_HEAD = 64 * 1024  # an answer's status line and headers together
@@ -180,7 +182,7 @@ class _Connection(Protocol):
         self._buf = b""
         self._got_bytes = False
         self._keep = True
-        self.transport.write(data)
+        write_now(self.transport, data)
 
     def cancel(self) -> None:
         """The caller gave up before the answer's head: drop the connection."""

@@ -130,11 +130,13 @@ class StreamPipe(Protocol):
         req = self._request
         if req is None:
             return
-        if self.first_byte_at is None and frames:
+        if not frames:
+            return
+        if self.first_byte_at is None:
             self.first_byte_at = self._clock.seconds()
-        for f in frames:
-            self.bytes_out += len(f)
-            req.write(f)
+        data = frames[0] if len(frames) == 1 else b"".join(frames)  # one HTTP chunk per upstream read
+        self.bytes_out += len(data)
+        req.write(data)
         if self._ka_call is not None and self._ka_call.active():
             self._ka_call.reset(self._keepalive)
 

@@ -53,7 +53,9 @@ class PublicAPI:
             raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
         return body
 
-    async def _chat(self, request: IRequest, dialect: str) -> bytes | None:
+    async def _chat(self, request: IRequest, dialect: str, settle_later: bool = False) -> bytes | None:
+        """One chat-like call.  With ``settle_later`` the caller runs `Gateway.finished` (usage,
+        limits, metrics) itself, after the answer is written: see `render_fast`."""
         principal = self.auth.authenticate(request)
         body = self._parse_body(request)
         call = Call(request_id=request.request_id, dialect=dialect, principal=principal, body=body,
@@ -71,7 +73,10 @@ class PublicAPI:
             call.status, call.outcome, call.error = e.status, "error", e.message
             raise
         finally:
-            self.gateway.finished(call)
+            if settle_later:
+                call.settle_due = True
+            else:
+                self.gateway.finished(call)
         if out is not None:
             set_overhead(request, call, self.clock.seconds())
         return out
@@ -84,7 +89,7 @@ class PublicAPI:
         """Serve a chat-like POST without Klein's routing (werkzeug matching and Klein's
         Deferred plumbing cost ~15 % of a passthrough call; bench/RESULTS.md).  Same handler,
         same errors as the Klein routes below, which still serve anything else."""
-        d = Deferred.fromCoroutine(self._chat(request, dialect))
+        d = Deferred.fromCoroutine(self._chat(request, dialect, settle_later=True))
         if not d.called:
             request.on_gone = d.cancel  # the client left: stop the call (LimitedRequest calls it)
 
@@ -107,7 +112,16 @@ class PublicAPI:
             request.write(body)
             request.finish()
 
+        def settle(result: Any) -> Any:
+            # the call's bookkeeping, once its answer is on its way (not between it and the client)
+            call = getattr(request, "call", None)
+            if call is not None and call.settle_due:
+                call.settle_due = False
+                self.gateway.finished(call)
+            return result
+
         d.addCallbacks(done, failed)
+        d.addBoth(settle)
         d.addErrback(lambda f: log.failure("answering {path} failed", f, path=request.path))
         return NOT_DONE_YET
 

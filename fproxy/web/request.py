@@ -13,6 +13,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
 
+from fproxy.netio import write_now
+
 log = Logger(namespace="fproxy.access")
 
 #: request ids need uniqueness, not secrecy: a generator seeded from os.urandom once per
@@ -188,6 +190,7 @@ class _Channel(HTTPChannel):
     """twisted.web's HTTP/1.1 channel with two per-request costs cut (local address, header writes)."""
 
     _host: Any = None
+    _head: bytes | None = None
 
     def getHost(self) -> Any:  # noqa: N802 - HTTPChannel's name
         if self._host is None:
@@ -195,8 +198,8 @@ class _Channel(HTTPChannel):
         return self._host
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:  # noqa: N802
-        """The status line and headers as one string (twisted.web hands the transport ~40 pieces,
-        each type-checked on its way in)."""
+        """The status line and headers as one string, held until the body's first bytes (or the
+        request's end) so both leave in one send (twisted.web hands the transport ~40 pieces)."""
         if not isinstance(headers, Headers):
             return super().writeHeaders(version, code, reason, headers)  # type: ignore[no-any-return]
         parts = [version, b" ", code, b" ", reason, b"\r\n"]
@@ -204,8 +207,30 @@ class _Channel(HTTPChannel):
             for value in values:
                 parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
-        self.transport.write(b"".join(parts))
+        self._head = b"".join(parts)
         return None
+
+    def write(self, data: bytes) -> None:
+        """An answer's first bytes (with its head) leave at once (`write_now`): that is the time
+        to first byte.  Later writes queue as usual, so the reactor sends what a turn produced
+        in one go (a stream's frames, its end) after the call's bookkeeping has run."""
+        head, self._head = self._head, None
+        if head is not None:
+            write_now(self.transport, head + data)
+        else:
+            self.transport.write(data)
+
+    def writeSequence(self, iovec: Any) -> None:  # noqa: N802
+        head, self._head = self._head, None
+        if head is not None:
+            write_now(self.transport, head + b"".join(iovec))
+        else:
+            self.transport.writeSequence(iovec)
+
+    def requestDone(self, request: Any) -> None:  # noqa: N802
+        if self._head is not None:  # an answer without body bytes (HEAD, 204, 304)
+            self.write(b"")
+        super().requestDone(request)
 
 
 def _tracked_channel(factory: Any) -> TrackedChannel:
