@@ -116,7 +116,7 @@ class SSEDecoder:
         end = last + 2
         out: list[bytes | SSEEvent] = []
         # where each marker next occurs (-1: not before `end`); each is searched for once per pass
-        nxt = {m: buf.find(m, 0, end) for m in markers + _COMMENT}
+        nxt = {m: buf.find(m, 0, end) for m in (markers if data_lines else markers + _COMMENT)}
         pos = 0
         while pos < end:
             stop = end
@@ -192,15 +192,17 @@ class SSEDecoder:
                 self._id = value
 
 
-_COMMENT = (b"\n:",)  # a comment line: its event is parsed (and dropped) on its own
+#: a comment line: its event is parsed (and dropped) on its own (with one data line per event,
+#: the run check already sends a comment down that path)
+_COMMENT = (b"\n:",)
 
 
 def _plain_run(buf: bytes, start: int, stop: int, data_lines: bool) -> bool:
     """Whether ``buf[start:stop]`` (whole LF-only events) may be relayed without parsing."""
     if data_lines:
-        n = buf.count(b"\n\n", start, stop)
-        return buf.startswith(b"data:", start) and buf.count(b"\n\ndata:", start, stop) == n - 1 \
-            and buf.count(b"\n", start, stop) == 2 * n
+        # every newline is in a "\n\ndata:" or the final "\n\n": one data line per event, no comments
+        return buf.startswith(b"data:", start) and \
+            buf.count(b"\n", start, stop) == 2 * buf.count(b"\n\ndata:", start, stop) + 2
     return buf[start:start + 1] != b":" and buf.find(b"\n:", start, stop) < 0  # comments: parsed (dropped)
 
 

@@ -132,10 +132,10 @@ class PassthroughTranscoder:
             if type(item) is bytes:
                 out.append(item)
                 if self._data_lines:
-                    before = self._events
-                    self._events += item.count(b"\n\n")
-                    if before < 2 <= self._events:
-                        self.meter.token()
+                    if self._events < 2:  # the second event is the first token; later ones are not counted
+                        self._events += 1 if item.find(b"\n\n") + 2 == len(item) else 2
+                        if self._events >= 2:
+                            self.meter.token()
                 elif not self._token_seen and self._token_marker in item:
                     self._token_seen = True
                     self.meter.token()
