@@ -1,17 +1,20 @@
-"""Log observers for ``twistd --logger``: one JSON object per line, no secrets.
+"""Log observers: twistd's classic text lines (the default) and JSON lines (``--logger``).
 
-Use: ``twistd -n --logger=fproxy.logs.json_observer fproxy ...``.
+JSON: ``twistd -n --logger=fproxy.logs.json_observer fproxy ...``: one object per line, no secrets.
+Text: what twistd prints by default, made cheaper per line (`TextObserver`); fproxy offers it
+to twistd as the application's log observer when no ``--logger``, ``--logfile`` or ``--syslog``
+was given (`offer_text_observer`), so those options keep their meaning.
 """
 from __future__ import annotations
 
 import atexit
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
-from twisted.logger import ILogObserver, formatEvent
+from twisted.logger import ILogObserver, formatEvent, formatEventAsClassicLogText, formatTime
 from zope.interface import implementer
 
 #: event keys that are ours to ship (request context); Twisted's own keys are left out
@@ -25,18 +28,86 @@ def _safe(v: Any) -> Any:
     return str(v)
 
 
+def _message(event: dict[str, Any]) -> str:
+    """The event's text; an access line (``"{access}"``, built by the request) is used as it is:
+    Twisted's formatter, string.Formatter in Python, was most of a line's cost."""
+    if event.get("log_format") == "{access}" and "access" in event:
+        return str(event["access"])
+    return formatEvent(event)
+
+
+@implementer(ILogObserver)
+class TextObserver:
+    """twistd's classic lines, ``TIME [namespace#level] message``, as its default observer writes
+    them; the timestamp is formatted once per second (per line it cost a datetime, a time zone
+    object and a strftime through Python callbacks)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._second: int | None = None
+        self._stamp = ""
+
+    def _time(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(when)
+        second = int(when)
+        if second != self._second:
+            self._second, self._stamp = second, formatTime(when)
+        return self._stamp
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_format") == "{access}" and "access" in event and "log_failure" not in event:
+            level = event.get("log_level")
+            system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
+            text = f"{self._time(event.get('log_time'))} [{system}] {event['access']}\n"
+        else:
+            text = formatEventAsClassicLogText(event, formatTime=self._time)
+            if text is None:
+                return
+        self._out.write(text)
+        self._out.flush()
+
+
+def offer_text_observer(service: Any, twistd_options: Any) -> None:
+    """Make `TextObserver` twistd's observer where twistd would print its own text to stdout.
+
+    twistd takes an application's ``ILogObserver`` component when no ``--logger`` is given (the
+    ``.tac`` way); the component is set as twistd adds ``service`` to its application, and only
+    when neither ``--logger``, ``--logfile`` nor ``--syslog`` chose otherwise.
+    """
+    if twistd_options is None or not twistd_options.get("nodaemon"):
+        return
+    if twistd_options.get("logger") or twistd_options.get("logfile") or twistd_options.get("syslog"):
+        return
+    attach = service.setServiceParent
+
+    def set_parent(parent: Any) -> Any:
+        if hasattr(parent, "setComponent") and parent.getComponent(ILogObserver, None) is None:
+            parent.setComponent(ILogObserver, TextObserver(sys.stdout))
+        return attach(parent)
+
+    service.setServiceParent = set_parent
+
+
 @implementer(ILogObserver)
 class JSONObserver:
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
+        self._second: int | None = None
+        self._stamp = ""
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
+        when = event.get("log_time", 0)
+        second = int(when)
+        if second != self._second:  # the date and time to the second, made once per second
+            self._second = second
+            self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         rec: dict[str, Any] = {
-            "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(timespec="milliseconds"),
+            "time": f"{self._stamp}.{int((when - second) * 1000):03d}+00:00",
             "level": level.name if level is not None else "info",
             "ns": event.get("log_namespace"),
-            "msg": formatEvent(event),
+            "msg": _message(event),
         }
         for k in _FIELDS:
             if k in event and event[k] is not None:

@@ -56,6 +56,14 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:
+    from fproxy.logs import offer_text_observer
+
+    svc = _make_service(options)
+    offer_text_observer(svc, getattr(options, "parent", None))
+    return svc
+
+
+def _make_service(options: Options) -> Any:
     from twisted.internet import reactor
 
     from fproxy.reload import attach, config_loader
