@@ -418,6 +418,16 @@ class ChatStreamEncoder:
         self._done = False
         self._thinking: list[str] = []
         self._tool_index: dict[int, int] = {}
+        self._text_frame: tuple[bytes, bytes] | None = None
+
+    def _text(self, text: str) -> bytes:
+        """``_chunk({"content": text})`` byte for byte, from a head and tail made once per stream
+        (text deltas are nearly every frame)."""
+        if self._text_frame is None:
+            head, _, tail = self._chunk({"content": ""}).partition(b'{"content":""}')
+            self._text_frame = (head + b'{"content":', b"}" + tail)
+        head, tail = self._text_frame
+        return head + dumps(text) + tail
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         return b"data: " + dumps({
@@ -436,14 +446,15 @@ class ChatStreamEncoder:
         out: list[bytes] = []
         if self._done:
             return out
-        if isinstance(event, ev.MessageStart):
+        if type(event) is ev.TextDelta:  # the common case first
+            if not self._started:
+                self._start(out)
+            if event.text:
+                out.append(self._text(event.text))
+        elif isinstance(event, ev.MessageStart):
             self._start(out, event.id)
             if event.usage:
                 self._usage = event.usage
-        elif isinstance(event, ev.TextDelta):
-            self._start(out)
-            if event.text:
-                out.append(self._chunk({"content": event.text}))
         elif isinstance(event, ev.ThinkingDelta):
             self._start(out)
             if event.text:

@@ -5,14 +5,15 @@ exactly as the upstream wrote it, while still reading its fields.
 """
 from __future__ import annotations
 
-from attrs import frozen
+from typing import NamedTuple
 
 #: cap on one event, so a peer that never sends a blank line cannot grow memory forever
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
-@frozen
-class SSEEvent:
+class SSEEvent(NamedTuple):
+    """One event (a tuple: made once per upstream event, it must be cheap to build)."""
+
     event: str | None
     data: str
     raw: bytes = b""
@@ -158,6 +159,15 @@ class SSEDecoder:
                 if self._id is not None:
                     self._last_id = self._id
                 out.append(SSEEvent(None, value.decode("utf-8", "replace"), raw, self._last_id))
+            elif block[:6] == b"event:" and (nl := block.find(b"\n")) > 0 and block[nl + 1:nl + 6] == b"data:" \
+                    and block.find(b"\n", nl + 1) < 0:
+                # "event: NAME\ndata: JSON", Anthropic's and the Responses API's shape
+                name = block[7:nl] if block[6:7] == b" " else block[6:nl]
+                value = block[nl + 7:] if block[nl + 6:nl + 7] == b" " else block[nl + 6:]
+                if self._id is not None:
+                    self._last_id = self._id
+                out.append(SSEEvent(name.decode("utf-8", "replace"), value.decode("utf-8", "replace"), raw,
+                                    self._last_id))
             else:
                 start = pos
                 for line in block.split(b"\n"):

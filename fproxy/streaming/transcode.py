@@ -65,6 +65,10 @@ class TranslatingTranscoder:
         if self.terminal:
             return []
         m = self.meter
+        if type(e) is ev.TextDelta:  # nearly every event: straight to the encoder
+            if not m._seen_token:
+                m.token()
+            return self._encoder.feed(e)
         if isinstance(e, (ev.TextDelta, ev.ThinkingDelta, ev.ToolCallStart)):
             m.token()
         elif isinstance(e, ev.UsageEvent):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fproxy.codecs.openai_chat import INBOUND, OUTBOUND, ChatStreamEncoder
 from fproxy.codecs.sse import SSEDecoder
@@ -148,3 +150,10 @@ def test_decode_response_malformed_is_502():
     with pytest.raises(GatewayError) as e:
         OUTBOUND.decode_response({"choices": []})
     assert e.value.status == 502
+
+
+@given(st.text(max_size=40))
+def test_text_frames_are_the_general_chunk_byte_for_byte(text: str) -> None:
+    enc = ChatStreamEncoder('m"odel\u00e9', False, id="chatcmpl-x", created=7)
+    assert enc._text(text) == enc._chunk({"content": text})
+    assert enc._text(text + "!") == enc._chunk({"content": text + "!"})  # the cached head and tail

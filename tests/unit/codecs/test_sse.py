@@ -67,6 +67,9 @@ LF_STREAM = (
     b"data:\n\n"
     b"data: x\ndata: y\n\n"
     b"id: 5\ndata: z\n\n"
+    b"event:tight\ndata:{}\n\n"
+    b"event: three\nid: 7\ndata: q\n\n"
+    b"event: \xc3\xa9t\xc3\xa9\ndata:  two spaces\n\n"
     b"data: [DONE]\n\n"
 )
 
@@ -85,6 +88,7 @@ def test_lf_only_fast_path_matches_the_general_parser(cuts):
         fast.extend((e.event, e.data, e.id) for e in d.feed(c))
     general = [(e.event, e.data, e.id) for e in SSEDecoder().feed(LF_STREAM.replace(b"\n", b"\r\n"))]
     assert fast == general == [(None, '{"a": 1}', None), ("message_delta", '{"b": 2}', None), (None, "", None),
-                               (None, "x\ny", None), (None, "z", "5"), (None, "[DONE]", "5")]
+                               (None, "x\ny", None), (None, "z", "5"), ("tight", "{}", "5"), ("three", "q", "7"),
+                               ("\u00e9t\u00e9", " two spaces", "7"), (None, "[DONE]", "7")]
     raws = [e.raw for e in SSEDecoder().feed(LF_STREAM)]
     assert b"".join(raws) == LF_STREAM[len(b": hello\n\n"):]
