@@ -94,10 +94,14 @@ class CallTracker:
     async def run(self, call: Any, work: Coroutine[Any, Any, Any]) -> Any:
         """Await the gateway's coroutine, cancellable through `cancel`."""
         entry = self._calls.get(call.request_id)
-        d: Deferred[Any] = Deferred.fromCoroutine(work)
-        if entry is not None:
-            entry.deferred = d
         try:
+            if entry is not None and getattr(entry.request, "call_deferred", None) is not None:
+                # the fast lane's request carries the call's own Deferred: cancelling it reaches the
+                # same awaited step, without a second coroutine wrapper per call
+                return await work
+            d: Deferred[Any] = Deferred.fromCoroutine(work)
+            if entry is not None:
+                entry.deferred = d
             return await d
         except (CancelledError, GatewayError):
             if entry is not None and entry.cancelled:  # however the layers below reported it
@@ -197,6 +201,8 @@ class CallTracker:
             pipe.shutdown(cancelled_error())  # error event in-band, upstream connection closed
         elif e.deferred is not None:
             e.deferred.cancel()
+        elif getattr(e.request, "call_deferred", None) is not None:
+            e.request.call_deferred.cancel()
         return {"id": request_id, "cancelled": True, "state": state}
 
 

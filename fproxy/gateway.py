@@ -115,7 +115,8 @@ class Gateway:
     async def _via_target(self, request: IRequest, call: Call, provider: Provider, target: Target,
                           thinking: bool, inbound: Any) -> bytes | None:
         limiter = provider.limiter
-        await limiter.acquire(call)
+        if not limiter.try_acquire():
+            await limiter.acquire(call)
         released = False
 
         def release() -> None:

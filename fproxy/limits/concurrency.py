@@ -23,6 +23,13 @@ class ConcurrencyLimiter:
     active: int = 0
     waiting: deque[Waiter] = field(factory=deque)
 
+    def try_acquire(self) -> bool:
+        """Take a free slot now, if there is one (no Deferred: the common case)."""
+        if self.limit is None or self.active < self.limit:
+            self.active += 1
+            return True
+        return False
+
     def acquire(self, ticket: Any = None) -> Deferred[None]:
         """Fires when a slot is ours.  Cancelling a waiting acquire leaves the queue."""
         if self.limit is None or self.active < self.limit:

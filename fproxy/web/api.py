@@ -20,6 +20,16 @@ from fproxy.web.errors import install_error_handlers, render_error, render_unexp
 log = Logger()
 
 
+class _Pending:
+    """Stands for the fast lane's call Deferred while the call's first synchronous step runs."""
+
+    def cancel(self) -> None:
+        pass
+
+
+_PENDING = _Pending()
+
+
 class PublicAPI:
     app = Klein()
     #: the shared state's health for /health (set by fproxy.state.shared; None: in-process state)
@@ -89,7 +99,9 @@ class PublicAPI:
         """Serve a chat-like POST without Klein's routing (werkzeug matching and Klein's
         Deferred plumbing cost ~15 % of a passthrough call; bench/RESULTS.md).  Same handler,
         same errors as the Klein routes below, which still serve anything else."""
+        request.call_deferred = _PENDING  # `CallTracker.run` awaits the call directly (see there)
         d = Deferred.fromCoroutine(self._chat(request, dialect, settle_later=True))
+        request.call_deferred = d
         if not d.called:
             request.on_gone = d.cancel  # the client left: stop the call (LimitedRequest calls it)
 
