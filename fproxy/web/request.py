@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, datetimeToString
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, _parseRequestLine, datetimeToString
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request, Site
 from twisted.web.server import version as server_version
 
@@ -187,11 +189,80 @@ class TrackedChannel(_GenericHTTPChannelProtocol):  # type: ignore[misc]
                 site.connection_gone(self)
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
 class _Channel(HTTPChannel):
     """twisted.web's HTTP/1.1 channel with two per-request costs cut (local address, header writes)."""
 
     _host: Any = None
     _head: bytes | None = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if not self._whole_request(data):
+            super().dataReceived(data)
+
+    def _whole_request(self, data: bytes) -> bool:
+        """One complete request in one read (what clients send for a chat call): its head read in
+        one pass instead of twisted.web's line-by-line state machine, then the same steps
+        (``allHeadersReceived``, ``allContentReceived``).  Anything else -- a partial or pipelined
+        read, chunked bodies, ``Expect``, a header twisted.web would refuse -- returns False
+        before any state changes, and twisted.web reads it as always."""
+        if not (self.line_mode and not self._buffer and not self._handlingRequest and self.persistent
+                and self._transferDecoder is None and not self.length and not self.requests
+                and self._HTTPChannel__first_line == 1 and not self._HTTPChannel__header):  # type: ignore[attr-defined]
+            return False
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end > self.totalHeadersSize:
+            return False
+        lines = data[:end].split(b"\r\n")
+        try:
+            command, path, version = _parseRequestLine(lines[0])
+        except ValueError:
+            return False
+        if len(lines) - 1 > self.maxHeaders:
+            return False
+        headers = []
+        length = 0
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not _TOKEN.match(name):
+                return False
+            value = value.strip(b" \t")
+            if b"\x00" in value or b"\r" in value or b"\n" in value:
+                return False
+            lname = name.lower()
+            if lname == b"content-length":
+                if length or not value.isdigit():
+                    return False
+                length = int(value)
+            elif lname in (b"transfer-encoding", b"expect"):
+                return False
+            headers.append((name, value))
+        body = data[end + 4:]
+        if len(body) != length:
+            return False
+        # -- the request is whole and valid: twisted.web's steps, in its order
+        self.resetTimeout()
+        if INonQueuedRequestFactory.providedBy(self.requestFactory):
+            request = self.requestFactory(self)
+        else:
+            request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        add = request.requestHeaders.addRawHeader
+        for name, value in headers:
+            add(name, value)
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, version)
+        request.gotLength(length)
+        if body:
+            request.handleContentChunk(body)
+        if self.timeOut:
+            self._savedTimeOut = self.setTimeout(None)
+        self._handlingRequest = True
+        self.setRawMode()
+        request.requestReceived(command, path, version)
+        return True
 
     def getHost(self) -> Any:  # noqa: N802 - HTTPChannel's name
         if self._host is None:

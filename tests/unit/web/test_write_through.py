@@ -101,3 +101,75 @@ def test_head_leaves_with_the_first_body_bytes_or_at_the_end(reactor: Any, metho
     assert t.calls and t.calls[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert t.value().count(b"HTTP/1.1 200 OK") == 1
     ch.connectionLost(None)
+
+
+# ---------------------------------------------------------------- one-pass request heads
+class _Seen(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def render(self, request: Any) -> bytes:
+        self.requests.append((request.method, request.uri, request.content.read(),
+                              request.requestHeaders.getRawHeaders(b"x-a"), request.getHeader(b"host")))
+        return b"ok"
+
+
+def _served(reactor: Any, *reads: bytes) -> tuple[_Channel, _Recording, _Seen, list[bool]]:
+    res = _Seen()
+    site = FproxySite(res, reactor, 1024, ())
+    site.root_ready = True
+    ch = _Channel()
+    ch.site = site
+    ch.requestFactory = site.requestFactory
+    t = _Recording()
+    ch.makeConnection(t)
+    fast: list[bool] = []
+    whole = ch._whole_request
+
+    def spy(data: bytes) -> bool:
+        fast.append(whole(data))
+        return fast[-1]
+
+    ch._whole_request = spy  # type: ignore[method-assign]
+    for r in reads:
+        ch.dataReceived(r)
+    return ch, t, res, fast
+
+
+REQ = (b"POST /v1/x?q=1 HTTP/1.1\r\nHost: gw\r\nX-A: 1\r\nx-a:  2 \r\nContent-Length: 7\r\n"
+       b"Content-Type: application/json\r\n\r\n{\"a\":1}")
+
+
+def test_a_whole_request_in_one_read_is_read_in_one_pass(reactor: Any) -> None:
+    ch, t, res, fast = _served(reactor, REQ)
+    assert fast == [True]
+    assert res.requests == [(b"POST", b"/v1/x?q=1", b'{"a":1}', [b"1", b"2"], b"gw")]
+    assert t.value().startswith(b"HTTP/1.1 200 OK\r\n") and t.value().endswith(b"ok")
+    ch.dataReceived(REQ)  # the connection is ready for the next request, read the same way
+    assert fast == [True, True] and len(res.requests) == 2
+    ch.connectionLost(None)
+
+
+@pytest.mark.parametrize("reads", [
+    (REQ[:30], REQ[30:]),  # a partial head
+    (REQ[:-3], REQ[-3:]),  # a partial body
+    (REQ + REQ,),  # pipelined
+    (REQ.replace(b"Content-Length: 7", b"Transfer-Encoding: chunked")
+     .replace(b'{"a":1}', b'7\r\n{"a":1}\r\n0\r\n\r\n'),),
+    (REQ.replace(b"X-A: 1\r\n", b"Expect: 100-continue\r\n"),),
+])
+def test_anything_else_is_left_to_twisted_web(reactor: Any, reads: tuple[bytes, ...]) -> None:
+    ch, t, res, fast = _served(reactor, *reads)
+    assert fast[0] is False
+    assert res.requests and res.requests[0][2] == b'{"a":1}'
+    ch.connectionLost(None)
+
+
+@pytest.mark.parametrize("bad", [b"Bad Header: x", b"X-A:\x00", b"Content-Length: 7x"])
+def test_headers_twisted_web_refuses_are_refused_by_it(reactor: Any, bad: bytes) -> None:
+    ch, t, res, fast = _served(reactor, REQ.replace(b"X-A: 1", bad))
+    assert fast == [False]
+    assert res.requests == [] and t.value().startswith(b"HTTP/1.1 400")
