@@ -6,27 +6,28 @@ drain (in-flight calls finish), key cache, usage writer (last records flushed), 
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
 
+from OpenSSL.SSL import Error as SSLError
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
-from OpenSSL.SSL import Error as SSLError
 from twisted.logger import Logger
 
 from fproxy import __version__
 from fproxy.calls import CallTracker
-from fproxy.pricing import PriceTable
 from fproxy.config import Config
 from fproxy.drain import ActiveRequests, DrainService
 from fproxy.gateway import Gateway
 from fproxy.ir.errors import GatewayError
 from fproxy.limits.keys import KeyLimits
 from fproxy.metrics import Metrics
+from fproxy.pricing import PriceTable
 from fproxy.providers.provider import Provider
 from fproxy.routing import Router
 from fproxy.state import open_state
@@ -109,6 +110,20 @@ def _exit_failed() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
+
+
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Once per process: what start-up made (modules, config, tables) lives as long as the
+    process, so it is moved out of the garbage collector's scans (``gc.freeze``) and each
+    collection of young objects stays short."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 class GatewayService(MultiService):
@@ -195,6 +210,7 @@ class GatewayService(MultiService):
             log.warn("no client keys are configured: this gateway is OPEN to anyone who can reach it")
         log.info("store ready: {n} virtual key(s)", n=len(self.keys))
         self.root.set_ready()
+        _freeze_startup_objects()
         self.ready.callback(None)
 
     def _fatal(self, failure: Any) -> None:
