@@ -223,7 +223,7 @@ class _Channel(HTTPChannel):
         if len(lines) - 1 > self.maxHeaders:
             return False
         headers = []
-        length = 0
+        length, has_length = 0, False
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep or not _TOKEN.match(name):
@@ -233,9 +233,9 @@ class _Channel(HTTPChannel):
                 return False
             lname = name.lower()
             if lname == b"content-length":
-                if length or not value.isdigit():
-                    return False
-                length = int(value)
+                if has_length or not value.isdigit():
+                    return False  # twisted.web refuses a second length (400)
+                length, has_length = int(value), True
             elif lname in (b"transfer-encoding", b"expect"):
                 return False
             headers.append((name, value))

@@ -168,7 +168,7 @@ def test_anything_else_is_left_to_twisted_web(reactor: Any, reads: tuple[bytes, 
     ch.connectionLost(None)
 
 
-@pytest.mark.parametrize("bad", [b"Bad Header: x", b"X-A:\x00", b"Content-Length: 7x"])
+@pytest.mark.parametrize("bad", [b"Bad Header: x", b"X-A:\x00", b"Content-Length: 7x", b"Content-Length: 0"])
 def test_headers_twisted_web_refuses_are_refused_by_it(reactor: Any, bad: bytes) -> None:
     ch, t, res, fast = _served(reactor, REQ.replace(b"X-A: 1", bad))
     assert fast == [False]
