@@ -19,7 +19,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IResponse
 
 from fproxy.ir.errors import GatewayError
-from fproxy.providers.wire import UpstreamPool
+from fproxy.providers.pool import UpstreamPool
 
 
 @define

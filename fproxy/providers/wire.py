@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client for upstream calls: persistent connections, one write per request.
+"""A lean HTTP/1.1 client for upstream calls: one connection's protocol (the pool: `fproxy.providers.pool`).
 
 Why not ``twisted.web.client.Agent``: its per-request path (URI parsing, endpoint objects,
 the request/response state machines, a line parser per header line, a Deferred chain per
@@ -13,18 +13,20 @@ are unchanged.  Connections are made through Twisted's endpoints (``HostnameEndp
 """
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed, ResponseNeverReceived
 
+from fproxy.codecs.http1 import ProtocolError, RawHeaders, parse_head
 from fproxy.netio import write_now
+
+if TYPE_CHECKING:
+    from fproxy.providers.pool import UpstreamPool, _Target
 
 log = Logger()
 
@@ -44,40 +46,6 @@ _SIZE, _DATA, _DATA_END, _TRAILER = 0, 1, 2, 3
 #: and the consumers only ``check()`` it
 _DONE = Failure(ResponseDone("Response body fully received"))
 _UNFRAMED_END = Failure(PotentialDataLoss())
-
-
-class ProtocolError(Exception):
-    """The upstream's bytes are not HTTP/1.1 we can read."""
-
-
-class RawHeaders:
-    """An answer's headers, with the part of ``twisted.web.http_headers.Headers`` we read."""
-
-    __slots__ = ("_items", "_map")
-
-    def __init__(self, items: list[tuple[bytes, bytes]]) -> None:
-        self._items = items  # (lower-case name, value) in arrival order
-        self._map: dict[bytes, list[bytes]] | None = None
-
-    def _index(self) -> dict[bytes, list[bytes]]:
-        if self._map is None:
-            m: dict[bytes, list[bytes]] = {}
-            for k, v in self._items:
-                m.setdefault(k, []).append(v)
-            self._map = m
-        return self._map
-
-    def getRawHeaders(self, name: bytes | str, default: Any = None) -> Any:  # noqa: N802 - Headers' name
-        if isinstance(name, str):
-            name = name.encode("ascii")
-        values = self._index().get(name.lower())
-        return list(values) if values else default
-
-    def hasHeader(self, name: bytes | str) -> bool:  # noqa: N802
-        return self.getRawHeaders(name) is not None
-
-    def getAllRawHeaders(self) -> Any:  # noqa: N802
-        return iter(self._index().items())
 
 
 class _BodyTransport:
@@ -150,6 +118,26 @@ class Response:
             self._consumer.connectionLost(reason)
 
 
+class Pending:
+    """One request waiting for its answer's head: where it is, so cancelling can stop it."""
+
+    __slots__ = ("d", "conn", "connecting", "cancelled")
+
+    def __init__(self) -> None:
+        self.d: Deferred[Response] = Deferred(self._cancel)
+        self.conn: _Connection | None = None
+        self.connecting: Deferred[Any] | None = None
+        self.cancelled = False
+
+    def _cancel(self, d: Deferred[Response]) -> None:
+        self.cancelled = True
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.conn is not None:
+            self.conn.cancel()
+            self.conn = None
+
+
 class _Connection(Protocol):
     """One upstream connection: a request written, its answer parsed, then back to the pool."""
 
@@ -160,7 +148,7 @@ class _Connection(Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.lost = False
-        self._pending: _Pending | None = None
+        self._pending: Pending | None = None
         self._retry: _Target | None = None
         self._data = b""
         self.waiters: list[Deferred[None]] = []
@@ -173,7 +161,7 @@ class _Connection(Protocol):
         self._keep = True
 
     # ------------------------------------------------------------ requests
-    def send(self, data: bytes, pending: _Pending, retry: _Target | None) -> None:
+    def send(self, data: bytes, pending: Pending, retry: _Target | None) -> None:
         self.state = _HEAD
         pending.conn = self
         self._pending = pending
@@ -222,7 +210,7 @@ class _Connection(Protocol):
                     self._buf = buf
                 return
             try:
-                code, phrase, headers, keep = _parse_head(buf[:end])
+                code, phrase, headers, keep = parse_head(buf[:end])
             except ProtocolError as e:
                 self._fail_head(e)
                 return
@@ -392,233 +380,4 @@ class _Connection(Protocol):
             w.callback(None)
 
 
-def _parse_head(head: bytes) -> tuple[int, bytes, RawHeaders, bool]:
-    lines = head.split(b"\r\n")
-    status = lines[0].split(b" ", 2)
-    if len(status) < 2 or not status[0].startswith(b"HTTP/1."):
-        raise ProtocolError(f"bad status line {lines[0][:60]!r}")
-    try:
-        code = int(status[1])
-    except ValueError:
-        raise ProtocolError(f"bad status line {lines[0][:60]!r}") from None
-    if not 100 <= code <= 999:
-        raise ProtocolError(f"bad status code {code}")
-    items: list[tuple[bytes, bytes]] = []
-    keep = status[0] == b"HTTP/1.1"
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
-            raise ProtocolError(f"bad header line {line[:60]!r}")
-        name = name.lower()
-        value = value.strip()
-        if name == b"connection":
-            tokens = value.lower()
-            if b"close" in tokens:
-                keep = False
-            elif b"keep-alive" in tokens and status[0] == b"HTTP/1.0":
-                keep = True
-        items.append((name, value))
-    return code, status[2] if len(status) > 2 else b"", RawHeaders(items), keep
-
-
-class _Target:
-    """Where one URL's requests go, and the head written before each body (built once)."""
-
-    __slots__ = ("key", "host", "port", "tls", "path")
-
-    def __init__(self, url: bytes) -> None:
-        parts = urlsplit(url.decode("ascii"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url[:100]!r}")
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.tls else 80)
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        self.path = path.encode("ascii")
-        self.key = (b"https" if self.tls else b"http", self.host.encode("idna"), self.port)
-
-
-class _Pending:
-    """One request waiting for its answer's head: where it is, so cancelling can stop it."""
-
-    __slots__ = ("d", "conn", "connecting", "cancelled")
-
-    def __init__(self) -> None:
-        self.d: Deferred[Response] = Deferred(self._cancel)
-        self.conn: _Connection | None = None
-        self.connecting: Deferred[Any] | None = None
-        self.cancelled = False
-
-    def _cancel(self, d: Deferred[Response]) -> None:
-        self.cancelled = True
-        if self.connecting is not None:
-            self.connecting.cancel()
-        if self.conn is not None:
-            self.conn.cancel()
-            self.conn = None
-
-
-class _ConnectionFactory(Factory):
-    def __init__(self, pool: UpstreamPool, key: tuple[bytes, bytes, int]) -> None:
-        self.pool, self.key = pool, key
-
-    def buildProtocol(self, addr: Any) -> _Connection:  # noqa: N802
-        return _Connection(self.pool, self.key)
-
-
-class UpstreamPool:
-    """Persistent upstream connections, per (scheme, host, port), reused last-in first-out.
-
-    Idle connections are kept at most ``max_idle`` per host and ``idle_timeout`` seconds
-    (checked when one is taken and by a sweep while any are idle): upstreams close idle
-    connections themselves, and a request sent on one they just closed is retried once on a
-    fresh connection when the close came before any byte of the answer.
-    """
-
-    def __init__(self, reactor: Any, tls_policy: Any, connect_timeout: float, max_idle: int = 64,
-                 idle_timeout: float = 110.0) -> None:
-        self._reactor = reactor
-        self._policy = tls_policy
-        self._connect_timeout = connect_timeout
-        self._max_idle = max_idle
-        self._idle_timeout = idle_timeout
-        self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
-        self._targets: dict[bytes, _Target] = {}
-        self._heads: dict[tuple[bytes, bytes, int], tuple[Any, bytes]] = {}
-        self._sweep: Any = None
-
-    # ------------------------------------------------------------ requests
-    def request(self, method: bytes, url: bytes, headers: Any, body: bytes) -> Deferred[Response]:
-        """Send ``body``; the Deferred fires with the `Response` once its head is in.
-
-        ``headers`` is a ``twisted.web.http_headers.Headers`` (``Host`` is added when absent);
-        the same object passed again reuses the head built from it.
-        """
-        target = self._targets.get(url)
-        if target is None:
-            target = _Target(url)
-            if len(self._targets) > 1024:
-                self._targets.clear()
-            self._targets[url] = target
-        hk = (method, url, id(headers))
-        cached = self._heads.get(hk)
-        if cached is not None and cached[0] is headers:
-            head = cached[1]
-        else:
-            head = _build_head(method, target, headers)
-            if len(self._heads) > 1024:
-                self._heads.clear()
-            self._heads[hk] = (headers, head)
-        data = head + b"content-length: %d\r\n\r\n" % len(body) + body
-        pending = _Pending()
-        self._start(target, data, pending, retry=True)
-        return pending.d
-
-    def _start(self, target: _Target, data: bytes, pending: _Pending, retry: bool) -> None:
-        idle = self._idle.get(target.key)
-        if idle:
-            now = self._reactor.seconds()
-            while idle:
-                conn = idle.pop()
-                if conn.lost or conn.state != _IDLE:
-                    continue
-                if now - conn.idle_since > self._idle_timeout:
-                    conn.transport.loseConnection()
-                    continue
-                conn.send(data, pending, target if retry else None)
-                return
-        endpoint: Any = HostnameEndpoint(self._reactor, target.host, target.port, timeout=self._connect_timeout)
-        if target.tls:
-            endpoint = wrapClientTLS(self._policy.creatorForNetloc(target.key[1], target.port), endpoint)
-        connecting = endpoint.connect(_ConnectionFactory(self, target.key))
-        pending.connecting = connecting
-
-        def connected(conn: _Connection) -> None:
-            pending.connecting = None
-            if pending.cancelled:
-                conn.transport.loseConnection()
-                return
-            conn.send(data, pending, None)
-
-        def failed(f: Failure) -> None:
-            pending.connecting = None
-            if not pending.cancelled and not pending.d.called:
-                pending.d.errback(f)
-
-        connecting.addCallbacks(connected, failed)
-
-    # ------------------------------------------------------------ the pool
-    def release(self, conn: _Connection) -> None:
-        conn.idle_since = self._reactor.seconds()
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= self._max_idle:
-            conn.transport.loseConnection()
-            return
-        idle.append(conn)
-        if self._sweep is None:
-            self._sweep = self._reactor.callLater(self._idle_timeout / 4, self._run_sweep)
-
-    def forget(self, conn: _Connection) -> None:
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def _run_sweep(self) -> None:
-        self._sweep = None
-        now = self._reactor.seconds()
-        left = False
-        for idle in list(self._idle.values()):
-            for conn in list(idle):
-                if now - conn.idle_since > self._idle_timeout:
-                    idle.remove(conn)
-                    conn.transport.loseConnection()
-                else:
-                    left = True
-        if left:
-            self._sweep = self._reactor.callLater(self._idle_timeout / 4, self._run_sweep)
-
-    def idle_count(self) -> int:
-        return sum(len(v) for v in self._idle.values())
-
-    def closeCachedConnections(self) -> Deferred[None]:  # noqa: N802 - HTTPConnectionPool's name
-        """Close the idle connections (calls in flight finish on theirs); fires when they are gone."""
-        if self._sweep is not None and self._sweep.active():
-            self._sweep.cancel()
-        self._sweep = None
-        idle = [c for v in self._idle.values() for c in v]
-        self._idle.clear()
-        if not idle:
-            return succeed(None)
-        waits = []
-        for conn in idle:
-            if conn.lost:
-                continue
-            w: Deferred[None] = Deferred()
-            conn.waiters.append(w)
-            waits.append(w)
-            conn.transport.loseConnection()
-        return DeferredList(waits).addCallback(lambda _: None)
-
-
-def _build_head(method: bytes, target: _Target, headers: Any) -> bytes:
-    lines = [method + b" " + target.path + b" HTTP/1.1\r\n"]
-    has_host = False
-    for name, values in headers.getAllRawHeaders():
-        lname = name.lower()
-        if lname == b"host":
-            has_host = True
-        elif lname in (b"content-length", b"transfer-encoding", b"connection"):
-            continue
-        for v in values:
-            lines.append(name + b": " + v + b"\r\n")
-    if not has_host:
-        host = target.key[1]
-        if target.port != (443 if target.tls else 80):
-            host += b":%d" % target.port
-        lines.insert(1, b"Host: " + host + b"\r\n")
-    return b"".join(lines)
-
-
-__all__ = ["CancelledError", "ProtocolError", "RawHeaders", "Response", "UpstreamPool"]
+__all__ = ["Pending", "ProtocolError", "RawHeaders", "Response"]

@@ -1,4 +1,4 @@
-"""The lean upstream HTTP/1.1 client against a scripted server on loopback.
+"""The lean upstream HTTP/1.1 client (`wire`, `pool`, `codecs.http1`) against a scripted server on loopback.
 
 The server answers each request with the next scripted byte string, so every framing the
 client must read (Content-Length, chunked with extensions and trailers, until-close, 1xx
@@ -24,7 +24,10 @@ from twisted.web.client import (
 )
 from twisted.web.http_headers import Headers
 
-from fproxy.providers.wire import ProtocolError, RawHeaders, UpstreamPool, _Connection, _parse_head
+from fproxy.codecs.http1 import ProtocolError, RawHeaders
+from fproxy.codecs.http1 import parse_head as _parse_head
+from fproxy.providers.pool import UpstreamPool
+from fproxy.providers.wire import Pending, _Connection
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
 CHUNKED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -275,9 +278,7 @@ def test_any_split_of_the_answer_parses_the_same(answer: bytes) -> None:
     pool = _FakePool()
     conn = _Connection(pool, (b"http", b"h", 80))  # type: ignore[arg-type]
     conn.makeConnection(StringTransport())
-    from fproxy.providers.wire import _Pending
-
-    pending = _Pending()
+    pending = Pending()
     conn.send(b"req", pending, None)
     got: list[Any] = []
     pending.d.addCallback(got.append)
