@@ -21,9 +21,9 @@ from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
-from fproxy.pricing import PriceTable
 from fproxy.ir.errors import GatewayError
 from fproxy.limits.keys import Admission, KeyLimits
+from fproxy.pricing import PriceTable
 from fproxy.store.usage import UsageWriter, build_record
 
 log = Logger()

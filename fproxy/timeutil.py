@@ -10,7 +10,7 @@ from typing import Any
 
 from fproxy.ir.errors import GatewayError
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def rfc3339(ts: float | None) -> str | None:

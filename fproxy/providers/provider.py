@@ -7,10 +7,10 @@ from urllib.parse import quote, urlencode
 
 import attrs
 from attrs import define, field, frozen
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet import error as neterror
-from twisted.web.client import URI, ResponseFailed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
+from twisted.web.client import URI, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 

@@ -21,8 +21,8 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from fproxy.pricing import PriceTable
 from fproxy.ir.response import Usage
+from fproxy.pricing import PriceTable
 from fproxy.store.base import Store, UsageRecord
 
 log = Logger()
