@@ -95,7 +95,7 @@ class CallTracker:
         """Await the gateway's coroutine, cancellable through `cancel`."""
         entry = self._calls.get(call.request_id)
         try:
-            if entry is not None and getattr(entry.request, "call_deferred", None) is not None:
+            if entry is not None and getattr(entry.request, "fast_lane", False):
                 # the fast lane's request carries the call's own Deferred: cancelling it reaches the
                 # same awaited step, without a second coroutine wrapper per call
                 return await work

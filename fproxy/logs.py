@@ -28,12 +28,17 @@ def _safe(v: Any) -> Any:
     return str(v)
 
 
-def _message(event: dict[str, Any]) -> str:
-    """The event's text; an access line (``"{access}"``, built by the request) is used as it is:
-    Twisted's formatter, string.Formatter in Python, was most of a line's cost."""
+def _access_text(event: dict[str, Any]) -> str | None:
+    """An access line's text (``"{access}"``, built by the request), used as it is: Twisted's
+    formatter, string.Formatter in Python, was most of a line's cost.  None for other events."""
     if event.get("log_format") == "{access}" and "access" in event:
         return str(event["access"])
-    return formatEvent(event)
+    return None
+
+
+def _message(event: dict[str, Any]) -> str:
+    text = _access_text(event)
+    return text if text is not None else formatEvent(event)
 
 
 @implementer(ILogObserver)
@@ -56,10 +61,11 @@ class TextObserver:
         return self._stamp
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("log_format") == "{access}" and "access" in event and "log_failure" not in event:
+        access = _access_text(event) if "log_failure" not in event else None
+        if access is not None:
             level = event.get("log_level")
             system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
-            text = f"{self._time(event.get('log_time'))} [{system}] {event['access']}\n"
+            text = f"{self._time(event.get('log_time'))} [{system}] {access}\n"
         else:
             text = formatEventAsClassicLogText(event, formatTime=self._time)
             if text is None:

@@ -55,12 +55,10 @@ class SSEDecoder:
                     self._raw[-1] += b"\n"
         buf = self._buf + chunk if self._buf else chunk
         if not self._started:
-            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
-                self._buf = buf
+            started = self._after_bom(buf)
+            if started is None:
                 return []
-            self._started = True
-            if buf.startswith(b"\xef\xbb\xbf"):
-                buf = buf[3:]
+            buf = started
         out: list[SSEEvent] = []
         pos = 0
         if not self._raw and b"\r" not in buf:
@@ -93,6 +91,14 @@ class SSEDecoder:
             raise SSETooLarge(f"an SSE event exceeded {MAX_EVENT_BYTES} bytes")
         return out
 
+    def _after_bom(self, buf: bytes) -> bytes | None:
+        """The stream's first bytes without a leading BOM; None (kept) while they may still be one."""
+        if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
+            self._buf = buf
+            return None
+        self._started = True
+        return buf[3:] if buf.startswith(b"\xef\xbb\xbf") else buf
+
     def feed_relay(self, chunk: bytes, markers: tuple[bytes, ...], data_lines: bool) -> list[bytes | SSEEvent]:
         """For a relay that reads only some events: runs of raw bytes and parsed events, in order.
 
@@ -104,12 +110,10 @@ class SSEDecoder:
             return list(self.feed(chunk))
         buf = self._buf + chunk if self._buf else chunk
         if not self._started:
-            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
-                self._buf = buf
+            started = self._after_bom(buf)
+            if started is None:
                 return []
-            self._started = True
-            if buf.startswith(b"\xef\xbb\xbf"):
-                buf = buf[3:]
+            buf = started
         self._buf = b""
         last = buf.rfind(b"\n\n")
         if last < 0 or b"\r" in buf:

@@ -90,10 +90,12 @@ class UpstreamPool:
             self._heads[hk] = (headers, head)
         data = head + b"content-length: %d\r\n\r\n" % len(body) + body
         pending = Pending()
-        self._start(target, data, pending, retry=True)
+        self.start(target, data, pending, retry=True)
         return pending.d
 
-    def _start(self, target: _Target, data: bytes, pending: Pending, retry: bool) -> None:
+    def start(self, target: _Target, data: bytes, pending: Pending, retry: bool) -> None:
+        """Send ``data`` on an idle connection to ``target`` or a new one; ``retry``: once more on a
+        fresh connection if a reused one turns out closed (`wire._Connection.connectionLost`)."""
         idle = self._idle.get(target.key)
         if idle:
             now = self._reactor.seconds()

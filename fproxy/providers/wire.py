@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed, ResponseNeverReceived
 
@@ -27,8 +26,6 @@ from fproxy.netio import write_now
 
 if TYPE_CHECKING:
     from fproxy.providers.pool import UpstreamPool, _Target
-
-log = Logger()
 
 MAX_HEAD = 64 * 1024  # an answer's status line and headers together
 MAX_CHUNK_LINE = 4096
@@ -368,7 +365,7 @@ class _Connection(Protocol):
             retry = self._retry
             if retry is not None and self.reused and not self._got_bytes and reason.check(ConnectionDone):
                 # the upstream closed a kept-alive connection as we reused it: once more, on a new one
-                self.pool._start(retry, self._data, pending, retry=False)
+                self.pool.start(retry, self._data, pending, retry=False)
             else:
                 pending.d.errback(ResponseNeverReceived([reason]))
         elif response is not None:

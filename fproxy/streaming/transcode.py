@@ -32,6 +32,10 @@ class StreamMeter:
     finish: str | None = None
     _seen_token: bool = False
 
+    @property
+    def seen_token(self) -> bool:
+        return self._seen_token
+
     def token(self) -> None:
         if not self._seen_token:
             self._seen_token = True
@@ -66,7 +70,7 @@ class TranslatingTranscoder:
             return []
         m = self.meter
         if type(e) is ev.TextDelta:  # nearly every event: straight to the encoder
-            if not m._seen_token:
+            if not m.seen_token:
                 m.token()
             return self._encoder.feed(e)
         if isinstance(e, (ev.TextDelta, ev.ThinkingDelta, ev.ToolCallStart)):
@@ -123,7 +127,6 @@ class PassthroughTranscoder:
         }[dialect]
         self._markers, self._token_marker = _RELAY_MARKERS[dialect]
         self._data_lines = dialect == "openai-chat"
-        self._token_seen = False
         self._events = 0
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -140,8 +143,7 @@ class PassthroughTranscoder:
                         self._events += 1 if item.find(b"\n\n") + 2 == len(item) else 2
                         if self._events >= 2:
                             self.meter.token()
-                elif not self._token_seen and self._token_marker in item:
-                    self._token_seen = True
+                elif not self.meter.seen_token and self._token_marker in item:
                     self.meter.token()
             elif self._inspect(item):  # type: ignore[arg-type]
                 out.append(item.raw)  # type: ignore[union-attr]

@@ -20,15 +20,6 @@ from fproxy.web.errors import install_error_handlers, render_error, render_unexp
 log = Logger()
 
 
-class _Pending:
-    """Stands for the fast lane's call Deferred while the call's first synchronous step runs."""
-
-    def cancel(self) -> None:
-        pass
-
-
-_PENDING = _Pending()
-
 
 class PublicAPI:
     app = Klein()
@@ -99,7 +90,7 @@ class PublicAPI:
         """Serve a chat-like POST without Klein's routing (werkzeug matching and Klein's
         Deferred plumbing cost ~15 % of a passthrough call; bench/RESULTS.md).  Same handler,
         same errors as the Klein routes below, which still serve anything else."""
-        request.call_deferred = _PENDING  # `CallTracker.run` awaits the call directly (see there)
+        request.fast_lane = True  # `CallTracker.run` awaits the call directly (see there)
         d = Deferred.fromCoroutine(self._chat(request, dialect, settle_later=True))
         request.call_deferred = d
         if not d.called:

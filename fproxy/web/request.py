@@ -53,6 +53,7 @@ class LimitedRequest(Request):
     call: Any = None
     pipe: Any = None  # the StreamPipe of a streamed answer (set by the gateway)
     on_gone: Any = None  # called once if the client leaves before the answer is finished
+    fast_lane = False  # served by `PublicAPI.render_fast`
     call_deferred: Any = None  # the fast lane's Deferred for the whole call (for /v1/cancel)
     too_large = False
     _site: Any = None
